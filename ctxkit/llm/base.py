@@ -1,0 +1,151 @@
+"""The generator interface shared by every backend (transformers, OpenAI-compatible, LangChain).
+
+A generator takes a *batch* of chat conversations and returns one :class:`Generation` per
+conversation. A failure on one conversation is reported on that item (``error`` set, ``text``
+empty) and never aborts the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Message", "Messages", "SamplingSettings", "Generation", "Generator", "as_messages"]
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str
+
+
+Messages = list[Message]
+
+
+def as_messages(conv: str | list[Message] | list[dict[str, str]]) -> list[Message]:
+    """Normalise a plain prompt string or a list of dicts/Messages into ``list[Message]``."""
+    if isinstance(conv, str):
+        return [Message(role="user", content=conv)]
+    return [m if isinstance(m, Message) else Message(**m) for m in conv]
+
+
+class SamplingSettings(BaseModel):
+    """Decoding settings, validated. ``temperature == 0`` means greedy decoding.
+
+    Attributes:
+        max_new_tokens: Tokens to generate at most.
+        temperature: 0 for greedy; > 0 samples.
+        top_p: Nucleus sampling mass (only when sampling).
+        top_k: Top-k sampling (only when sampling); ``None`` disables it.
+        seed: Seed for sampling; identical seeds give identical samples on the same backend.
+        stop: Strings that end the generation (not included in the output).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is greedy."""
+        return self.temperature == 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingSettings:
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+        return self
+
+
+class Generation(BaseModel):
+    """The result for one conversation of a batch.
+
+    Attributes:
+        text: Generated text ("" when ``error`` is set).
+        error: Why this item failed, or ``None``.
+        finish_reason: ``"stop"``, ``"length"`` or ``"error"``.
+        n_prompt_tokens: Prompt length in tokens, when known.
+        n_tokens: Generated tokens, when known.
+        info: Backend-specific extras (e.g. truncation applied, per-step processor stats).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = ""
+    error: str | None = None
+    finish_reason: Literal["stop", "length", "error"] = "stop"
+    n_prompt_tokens: int | None = None
+    n_tokens: int | None = None
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the item did not fail."""
+        return self.error is None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What every generator backend provides.
+
+    ``score`` (log-likelihood of given continuations) is optional: backends that cannot compute
+    it raise ``NotImplementedError``.
+    """
+
+    def generate(
+        self, batch: list[list[Message]], settings: SamplingSettings | None = None, **overrides: Any
+    ) -> list[Generation]: ...
+
+    async def agenerate(
+        self, batch: list[list[Message]], settings: SamplingSettings | None = None, **overrides: Any
+    ) -> list[Generation]: ...
+
+    def score(self, batch: list[list[Message]], continuations: list[str]) -> list[float]: ...
+
+
+class BaseGenerator:
+    """Helper base: settings merging, default async via a worker thread."""
+
+    default_settings: SamplingSettings
+
+    def __init__(self, settings: SamplingSettings | dict[str, Any] | None = None) -> None:
+        self.default_settings = (
+            settings if isinstance(settings, SamplingSettings) else SamplingSettings(**(settings or {}))
+        )
+
+    def _settings(self, settings: SamplingSettings | None, overrides: dict[str, Any]) -> SamplingSettings:
+        base = settings or self.default_settings
+        if overrides:
+            return SamplingSettings(**{**base.model_dump(), **overrides})
+        return base
+
+    def generate(
+        self, batch: list[list[Message]], settings: SamplingSettings | None = None, **overrides: Any
+    ) -> list[Generation]:
+        raise NotImplementedError
+
+    async def agenerate(
+        self, batch: list[list[Message]], settings: SamplingSettings | None = None, **overrides: Any
+    ) -> list[Generation]:
+        """Runs :meth:`generate` in a worker thread so the event loop keeps running."""
+        return await asyncio.to_thread(self.generate, batch, settings, **overrides)
+
+    def score(self, batch: list[list[Message]], continuations: list[str]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its conversation."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
+
+    def complete(self, prompts: list[str], **overrides: Any) -> list[str]:
+        """Convenience: user prompts in, texts out (failed items give "")."""
+        return [g.text for g in self.generate([as_messages(p) for p in prompts], **overrides)]
