@@ -1,1 +1,60 @@
-"""ctxkit.retrievers."""
+"""Matching: Chroma (embedded or server), BM25 and hybrid fusion retrievers, chunking, ingest.
+
+Everything is imported lazily: ``import ctxkit.retrievers`` loads neither chromadb nor bm25s.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "split_sentences",
+    "chunk_text",
+    "Document",
+    "Index",
+    "IngestReport",
+    "ingest",
+    "load_documents",
+    "BaseRetriever",
+    "ChromaRetriever",
+    "BM25Retriever",
+    "HybridRetriever",
+    "fuse",
+]
+
+_LAZY = {
+    "split_sentences": "ctxkit.retrievers.chunking",
+    "chunk_text": "ctxkit.retrievers.chunking",
+    "Document": "ctxkit.retrievers.index",
+    "Index": "ctxkit.retrievers.index",
+    "IngestReport": "ctxkit.retrievers.index",
+    "ingest": "ctxkit.retrievers.index",
+    "load_documents": "ctxkit.retrievers.loaders",
+    "BaseRetriever": "ctxkit.retrievers.base",
+    "ChromaRetriever": "ctxkit.retrievers.chroma",
+    "BM25Retriever": "ctxkit.retrievers.bm25",
+    "HybridRetriever": "ctxkit.retrievers.hybrid",
+    "fuse": "ctxkit.retrievers.hybrid",
+}
+
+if TYPE_CHECKING:
+    from .base import BaseRetriever
+    from .bm25 import BM25Retriever
+    from .chroma import ChromaRetriever
+    from .chunking import chunk_text, split_sentences
+    from .hybrid import HybridRetriever, fuse
+    from .index import Document, Index, IngestReport, ingest
+    from .loaders import load_documents
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ctxkit.retrievers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
