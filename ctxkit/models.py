@@ -8,7 +8,8 @@ The two default models ship as pip packages so ctxkit works with no network:
 
 :func:`resolve_model` picks, in order: an existing local path; the Hugging Face cache; for the
 default names when the hub is offline (``HF_HUB_OFFLINE=1``) or unreachable, the packaged copy;
-otherwise the hub name itself (downloaded by the loading library).
+otherwise the hub name itself (downloaded by the loading library). The environment variables
+``CTXKIT_DEFAULT_EMBEDDER`` and ``CTXKIT_DEFAULT_LLM`` point the default names at local copies.
 """
 
 from __future__ import annotations
@@ -130,14 +131,24 @@ def resolve_model(name_or_path: str, kind: Literal["embedder", "llm", "other"] =
         ModelNotAvailableError: offline, not cached, no packaged copy; the message gives the
             exact install command.
     """
+    is_default_emb = kind in ("embedder", "other") and name_or_path in _EMBEDDER_ALIASES
+    is_default_llm = kind in ("llm", "other") and name_or_path in _LLM_ALIASES and not is_default_emb
+    override = os.environ.get(
+        "CTXKIT_DEFAULT_EMBEDDER" if is_default_emb else "CTXKIT_DEFAULT_LLM" if is_default_llm else "", ""
+    )
+    if override:
+        if not Path(override).exists():
+            raise ModelNotAvailableError(
+                f"the local model path {override!r} set for {name_or_path!r} by "
+                f"CTXKIT_DEFAULT_{'EMBEDDER' if is_default_emb else 'LLM'} does not exist"
+            )
+        name_or_path = override
     p = Path(os.path.expanduser(name_or_path))
     if p.exists():
         if p.is_file() and p.suffix == ".gguf":
             return ResolvedModel(str(p.parent), "local", name_or_path, gguf_file=p.name)
         return ResolvedModel(str(p), "local", name_or_path)
 
-    is_default_emb = kind in ("embedder", "other") and name_or_path in _EMBEDDER_ALIASES
-    is_default_llm = kind in ("llm", "other") and name_or_path in _LLM_ALIASES and not is_default_emb
     repo = DEFAULT_EMBEDDER if is_default_emb else DEFAULT_LLM if is_default_llm else name_or_path
 
     cached = _in_hf_cache(repo)
