@@ -181,7 +181,7 @@ def test_runnable_outputs_and_batch_is_one_pass_per_stage():
     calls.clear()
     aout = asyncio.run(CtxkitRunnable(pipe).abatch([QUERY, "Marie Curie prizes"]))
     assert calls == [2] and aout[1][0].id.startswith("curie")
-    with pytest.raises(InputError):
+    with pytest.raises(ConfigError, match="output"):
         CtxkitRunnable(pipe, output="html")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="'query'"):
         CtxkitRunnable(pipe).invoke({"q": QUERY})

@@ -54,12 +54,12 @@ class ValidatedInit:
             raise ConfigError(_format_validation_error(type(self).__name__, exc)) from None
 
 
-def check_k(k: Any) -> int | None:
+def check_k(k: Any, error: type[Exception] = InputError) -> int | None:
     """Validate a number of results (``None`` means: everything the pipeline kept)."""
     if k is None:
         return None
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer or None, got {k!r}")
+        raise error(f"k must be a positive integer or None, got {k!r}")
     return k
 
 

@@ -40,7 +40,7 @@ from langchain_core.runnables import Runnable, RunnableConfig  # noqa: E402
 from langchain_core.runnables.config import get_config_list  # noqa: E402
 from pydantic import ConfigDict, Field, field_validator  # noqa: E402
 
-from ..errors import CtxkitError, InputError  # noqa: E402
+from ..errors import ConfigError, CtxkitError, InputError  # noqa: E402
 from ..llm.base import Generation, Message, SamplingSettings  # noqa: E402
 from ..types import ContextState  # noqa: E402
 from . import _common  # noqa: E402
@@ -231,10 +231,10 @@ class CtxkitRunnable(Runnable[Any, Any]):
 
     def __init__(self, pipeline: Any, *, output: Output = "documents", k: int | None = None) -> None:
         if output not in ("state", "documents", "context"):
-            raise InputError(f"output must be 'state', 'documents' or 'context', got {output!r}")
+            raise ConfigError(f"output must be 'state', 'documents' or 'context', got {output!r}")
         self.pipeline = _common.to_pipeline(pipeline)
         self.output: Output = output
-        self.k = _common.check_k(k)
+        self.k = _common.check_k(k, ConfigError)
 
     @property
     def InputType(self) -> Any:  # noqa: N802 (LangChain's name)

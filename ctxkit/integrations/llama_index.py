@@ -45,7 +45,7 @@ from llama_index.core.schema import (  # noqa: E402
 )
 from pydantic import ConfigDict, Field, field_validator  # noqa: E402
 
-from ..errors import CtxkitError, InputError  # noqa: E402
+from ..errors import ConfigError, CtxkitError, InputError  # noqa: E402
 from ..llm.base import Generation, Message, SamplingSettings  # noqa: E402
 from ..types import ContextState, Passage  # noqa: E402
 from . import _common  # noqa: E402
@@ -124,7 +124,7 @@ class CtxkitLlamaRetriever(BaseRetriever):
         verbose: bool = False,
     ) -> None:
         self.pipeline = _common.to_pipeline(pipeline)
-        self.k = _common.check_k(k)
+        self.k = _common.check_k(k, ConfigError)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
