@@ -36,6 +36,7 @@ _BUILTIN: dict[str, str] = {
     "chroma": "ctxkit.retrievers.chroma:ChromaRetriever",
     "bm25": "ctxkit.retrievers.bm25:BM25Retriever",
     "hybrid": "ctxkit.retrievers.hybrid:HybridRetriever",
+    "generate": "ctxkit.llm.stage:GenerateAnswer",
 }
 
 _RUNTIME: dict[str, type] = {}
