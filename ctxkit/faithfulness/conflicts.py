@@ -1,0 +1,700 @@
+"""Conflict records without an LLM: where does the context disagree with what we believe?
+
+A *belief* is a statement from a trusted source (a knowledge base, a previous answer, "question +
+known answer", or the model's own self-facts). :class:`ConflictDetector` finds the context
+sentences that talk about the same thing as a belief but state a different value, and explains
+the disagreement as a :class:`~ctxkit.types.Conflict` (kind ``entity``, ``number``, ``date``,
+``negation`` or ``other``, with the two differing spans).
+
+How a (belief, sentence) pair is scored:
+
+* **relevance**: the sentence is about the belief's subject. A mix of embedding cosine between
+  the sentence and the belief's *topic* (the belief without its answer) and the share of the
+  topic's content words found in the sentence.
+* **mismatch**: the sentence lacks the believed value and holds a different value of the same
+  type where it would go: another number, another date, or another entity / term that is
+  semantically close to the believed one (a substituted value comes from the same category:
+  a country for a country, a state for a state). A flipped negation on an otherwise matching
+  sentence is a ``negation`` conflict.
+
+The ranking score is ``relevance + mismatch_weight * mismatch``; a pair is flagged as a conflict
+when ``mismatch >= threshold`` and ``relevance >= min_relevance``. All texts of a batch (topics,
+sentences, candidate spans) are embedded in one encoder call; similarities are matrix products.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import ConfigError, InputError
+from ..pipeline import BaseStage
+from ..types import Conflict, ContextState, Passage
+
+__all__ = [
+    "Belief",
+    "Span",
+    "Candidate",
+    "ConflictDetector",
+    "ConflictCheck",
+    "extract_spans",
+    "span_kind",
+    "content_words",
+    "split_chunks",
+    "format_conflicts",
+]
+
+# --------------------------------------------------------------------------------------------------
+# Text helpers
+# --------------------------------------------------------------------------------------------------
+_STOP = frozenset(
+    """a an the and or but if of at by for with about against between into through during before
+    after above below to from up down in out on off over under again further then once here there
+    when where why how all any both each few more most other some such only own same so than too
+    very can will just should now is are was were be been being have has had having do does did
+    doing would could might must shall may i me my we our you your he him his she her it its they
+    them their what which who whom this that these those am as until while also per via one's
+    what's who's which whose yes s t name named called known located""".split()
+)
+_NEGATION = frozenset(
+    "not no never none nobody nothing neither nor without cannot can't don't doesn't didn't isn't "
+    "wasn't aren't weren't won't wouldn't hasn't haven't hadn't false untrue".split()
+)
+_MONTHS = (
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec"
+).split()
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+    "hundred thousand million billion trillion dozen half first second third fourth fifth sixth "
+    "seventh eighth ninth tenth".split()
+)
+_CAP_CONNECT = frozenset("of the de du la le von van der da di del and & for on".split())
+_SENT_START_SKIP = frozenset(
+    "the a an in on at it its this that these those there he she they we i his her their after "
+    "before during when while however although though since as by for from with to of".split()
+)
+
+_MONTH_RE = r"(?:" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATE_RE = re.compile(
+    rf"\b(?:\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH_RE}(?:,?\s+\d{{3,4}})?"
+    rf"|{_MONTH_RE}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{3,4}})?"
+    rf"|{_MONTH_RE}\s+\d{{4}}"
+    r"|\d{1,2}(?:st|nd|rd|th)\s+century"
+    r"|(?:1[0-9]|20)\d{2}s?"
+    rf"|{_MONTH_RE}(?=\W|$))",
+    re.IGNORECASE,
+)
+_NUM_RE = re.compile(
+    r"(?<![\w.])[$€£]?\d+(?:[.,]\d+)*(?:\s?(?:%|percent|per cent))?(?![\w])"
+    r"|\b(?:" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+_WORD_RE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ][\w'’\-]*|\d+(?:[.,]\d+)*")
+
+
+def _norm(text: str) -> str:
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    text = re.sub(r"[^\w\s%]", " ", text)
+    return " ".join(text.split())
+
+
+def _stem(w: str) -> str:
+    w = w.lower().replace("’", "'")
+    for suf in ("'s", "ies", "es", "s"):
+        if len(w) > 4 and w.endswith(suf):
+            return w[: -len(suf)] + ("y" if suf == "ies" else "")
+    return w
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased, lightly stemmed words of ``text`` without stop words."""
+    return {_stem(w) for w in _WORD_RE.findall(text) if w.lower() not in _STOP and len(w) > 1}
+
+
+def _numbers(text: str) -> set[str]:
+    out = set()
+    for m in _NUM_RE.finditer(text):
+        s = m.group(0).lower().replace(",", "").replace("$", "").replace("€", "").replace("£", "")
+        s = re.sub(r"\s?(%|percent|per cent)$", "", s).strip()
+        out.add(s)
+    return out
+
+
+SpanKind = Literal["entity", "number", "date", "other"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A typed piece of text (an entity, a number, a date, or a content term)."""
+
+    text: str
+    kind: SpanKind
+    start: int = 0
+    end: int = 0
+
+
+def span_kind(text: str) -> SpanKind:
+    """The type of a short value such as an answer: date, number, entity or other."""
+    t = text.strip()
+    if not t:
+        return "other"
+    m = _DATE_RE.search(t)
+    if m and len(m.group(0)) >= 0.5 * len(t):
+        return "date"
+    matches = [m.group(0) for m in _NUM_RE.finditer(t)]
+    if any(re.search(r"\d", x) for x in matches) and sum(map(len, matches)) >= 0.4 * len(t.replace(" ", "")):
+        return "number"
+    if all(w.lower() in _NUMBER_WORDS for w in t.split()):
+        return "number"
+    words = [w for w in _WORD_RE.findall(t) if w.lower() not in _CAP_CONNECT]
+    if words and sum(w[0].isupper() for w in words) >= max(1, len(words) // 2 + len(words) % 2):
+        return "entity"
+    return "other"
+
+
+def extract_spans(text: str) -> list[Span]:
+    """Dates, numbers and capitalised entity spans of ``text``, in order, without overlaps."""
+    spans: list[Span] = []
+    taken: list[tuple[int, int]] = []
+
+    def free(a: int, b: int) -> bool:
+        return all(b <= s or a >= e for s, e in taken)
+
+    for m in _DATE_RE.finditer(text):
+        spans.append(Span(m.group(0), "date", m.start(), m.end()))
+        taken.append((m.start(), m.end()))
+    for m in _NUM_RE.finditer(text):
+        if free(m.start(), m.end()):
+            spans.append(Span(m.group(0), "number", m.start(), m.end()))
+            taken.append((m.start(), m.end()))
+    tokens = list(re.finditer(r"[\w'’\-]+|[^\w\s]", text))
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        w = tok.group(0)
+        sentence_start = i == 0 or tokens[i - 1].group(0) in {".", "!", "?", ":", ";", '"', "("}
+        if w[:1].isupper() and not (sentence_start and w.lower() in _SENT_START_SKIP) and w.lower() not in _MONTHS:
+            j = i + 1
+            last = i
+            while j < len(tokens):
+                wj = tokens[j].group(0)
+                if wj[:1].isupper() and wj.lower() not in _MONTHS:
+                    last = j
+                    j += 1
+                elif wj.lower() in _CAP_CONNECT and j + 1 < len(tokens) and tokens[j + 1].group(0)[:1].isupper():
+                    j += 1
+                else:
+                    break
+            a, b = tok.start(), tokens[last].end()
+            if free(a, b) and not (last == i and w.lower() in _STOP):
+                spans.append(Span(text[a:b], "entity", a, b))
+                taken.append((a, b))
+            i = last + 1
+        else:
+            i += 1
+    spans.sort(key=lambda s: s.start)
+    return spans
+
+
+def _has_negation(text: str) -> bool:
+    return any(w.lower() in _NEGATION or w.lower().endswith("n't") for w in re.findall(r"[\w']+", text))
+
+
+def split_chunks(text: str, max_words: int = 20) -> list[str]:
+    """Split ``text`` into sentences and pack them greedily into chunks of about ``max_words``.
+
+    Sentences are never split and chunks never overlap; a sentence longer than ``max_words``
+    is a chunk of its own. Never returns an empty chunk. ``max_words <= 0`` gives one chunk per
+    sentence.
+    """
+    from ..retrievers.chunking import split_sentences
+
+    chunks: list[str] = []
+    cur: list[str] = []
+    n = 0
+    for sent in split_sentences(text):
+        w = len(sent.split())
+        if cur and (max_words <= 0 or n + w > max_words):
+            chunks.append(" ".join(cur))
+            cur, n = [], 0
+        cur.append(sent)
+        n += w
+    if cur:
+        chunks.append(" ".join(cur))
+    return [c for c in chunks if c.strip()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Beliefs and the detector
+# --------------------------------------------------------------------------------------------------
+class Belief(BaseModel):
+    """A trusted statement to check the context against.
+
+    Attributes:
+        text: The statement, e.g. ``"The Eiffel Tower was completed in 1889."`` or a question
+            followed by its known answer (``"When was the Eiffel Tower completed? 1889"``).
+        answer: The value the statement asserts, when known. For ``"question? answer"`` text it
+            is taken from after the question mark automatically.
+        topic: What the belief is about (the text without its answer); derived when omitted.
+        source: Where the belief comes from (``"kb"``, ``"model"``, ``"previous_answer"``...).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    answer: str | None = None
+    topic: str | None = None
+    source: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("a belief must be a non-empty statement")
+        return v.strip()
+
+    @classmethod
+    def coerce(cls, value: Belief | str | dict[str, Any]) -> Belief:
+        """Accept a Belief, a plain string, or a dict with the Belief fields."""
+        if isinstance(value, Belief):
+            b = value
+        elif isinstance(value, str):
+            b = cls(text=value)
+        elif isinstance(value, dict):
+            b = cls(**value)
+        else:
+            raise InputError(
+                f"a belief must be a string, a dict or a Belief, got {type(value).__name__}"
+            )
+        if b.answer is None and "?" in b.text:
+            q, _, rest = b.text.rpartition("?")
+            if rest.strip() and q.strip():
+                b = b.model_copy(update={"answer": rest.strip(" .:-"), "topic": q.strip() + "?"})
+        if b.topic is None:
+            topic = b.text
+            if b.answer and b.answer in topic:
+                topic = topic.replace(b.answer, " ").strip()
+            b = b.model_copy(update={"topic": " ".join(topic.split()) or b.text})
+        return b
+
+    @classmethod
+    def from_answer(cls, question: str, answer: str, source: str | None = None) -> Belief:
+        """A belief from a question and its known answer."""
+        return cls(text=f"{question.strip()} {answer.strip()}", answer=answer.strip(),
+                   topic=question.strip(), source=source)
+
+
+@dataclass
+class Candidate:
+    """A scored (belief, chunk) pair; :class:`ConflictDetector` ranks these."""
+
+    belief: int
+    chunk: int
+    similarity: float
+    relevance: float
+    mismatch: float
+    kind: str
+    belief_span: str | None
+    chunk_span: str | None
+    rank_score: float
+    flagged: bool
+    supports: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Chunk:
+    text: str
+    passage_id: str | None
+
+
+class ConflictDetector:
+    """Find context chunks that disagree with beliefs, with no LLM.
+
+    Args:
+        embedder: Sentence-embedding model name/path (``"default"``: all-MiniLM-L6-v2).
+        device: Device for the embedder (``"auto"``, ``"cpu"``, ``"cuda"``...).
+        alpha: Weight of embedding cosine vs. content-word overlap in the relevance score.
+        mismatch_weight: Weight of the mismatch score in the ranking score.
+        threshold: Minimum mismatch for a flagged conflict.
+        min_relevance: Minimum relevance for a flagged conflict (the chunk must be on topic).
+        batch_size: Encoder batch size.
+
+    Example:
+        >>> det = ConflictDetector()
+        >>> det.detect(["The Eiffel Tower was completed in 1889."],
+        ...            ["The Eiffel Tower was completed in 1901 for the fair."])[0].kind
+        'date'
+    """
+
+    def __init__(
+        self,
+        embedder: str = "default",
+        *,
+        device: str = "auto",
+        alpha: float = 0.5,
+        mismatch_weight: float = 0.5,
+        threshold: float = 0.5,
+        min_relevance: float = 0.35,
+        batch_size: int = 128,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"ConflictDetector: alpha must be in [0, 1], got {alpha}")
+        if mismatch_weight < 0:
+            raise ConfigError(f"ConflictDetector: mismatch_weight must be >= 0, got {mismatch_weight}")
+        self.embedder_name = embedder
+        self.device = device
+        self.alpha = alpha
+        self.mismatch_weight = mismatch_weight
+        self.threshold = threshold
+        self.min_relevance = min_relevance
+        self.batch_size = batch_size
+        self._embedder: Any = None
+
+    @property
+    def embedder(self) -> Any:
+        """The shared :class:`~ctxkit.models.Embedder` (loaded on first use)."""
+        if self._embedder is None:
+            from ..models import get_embedder
+
+            self._embedder = get_embedder(self.embedder_name, device=self.device)
+        return self._embedder
+
+    # -- public API ------------------------------------------------------------------------------
+    def detect(
+        self,
+        beliefs: list[Belief | str | dict[str, Any]],
+        context: list[str | Passage] | str,
+        *,
+        top_k: int | None = None,
+        chunk_words: int = 0,
+    ) -> list[Conflict]:
+        """Conflicts between ``beliefs`` and ``context`` (one query), strongest first.
+
+        Args:
+            beliefs: Trusted statements (strings, dicts or :class:`Belief`).
+            context: A text, a list of texts, or passages; split into sentences (or chunks of
+                ``chunk_words`` words when > 0).
+            top_k: Keep at most this many conflicts per belief.
+            chunk_words: Greedy chunk size in words; 0 means one chunk per sentence.
+        """
+        if isinstance(context, str):
+            context = [context]
+        passages = [
+            c if isinstance(c, Passage) else Passage(id=f"p{i}", text=str(c)) for i, c in enumerate(context)
+        ]
+        return self.detect_batch([beliefs], [passages], top_k=top_k, chunk_words=chunk_words)[0]
+
+    def detect_batch(
+        self,
+        beliefs: list[list[Belief | str | dict[str, Any]]],
+        passages: list[list[Passage]],
+        *,
+        top_k: int | None = None,
+        chunk_words: int = 0,
+    ) -> list[list[Conflict]]:
+        """:meth:`detect` for many queries at once (one encoder call for the whole batch)."""
+        if len(beliefs) != len(passages):
+            raise InputError(
+                f"detect_batch: {len(beliefs)} belief lists but {len(passages)} passage lists"
+            )
+        chunks = [
+            [_Chunk(c, p.id) for p in ps for c in (split_chunks(p.text, chunk_words) if p.text.strip() else [])]
+            for ps in passages
+        ]
+        bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
+        scored = self._score([b for b in bel], [[c.text for c in cs] for cs in chunks])
+        out: list[list[Conflict]] = []
+        for bs, cs, cands in zip(bel, chunks, scored, strict=True):
+            per_belief: dict[int, int] = {}
+            records = []
+            for c in sorted(cands, key=lambda c: -c.rank_score):
+                if not c.flagged:
+                    continue
+                if top_k is not None and per_belief.get(c.belief, 0) >= top_k:
+                    continue
+                per_belief[c.belief] = per_belief.get(c.belief, 0) + 1
+                records.append(
+                    Conflict(
+                        belief=bs[c.belief].text,
+                        chunk=cs[c.chunk].text,
+                        passage_id=cs[c.chunk].passage_id,
+                        similarity=round(c.similarity, 4),
+                        kind=c.kind,  # type: ignore[arg-type]
+                        score=round(self._conflict_score(c), 4),
+                        belief_span=c.belief_span,
+                        chunk_span=c.chunk_span,
+                    )
+                )
+            records.sort(key=lambda r: -r.score)
+            out.append(records)
+        return out
+
+    def rank(
+        self, beliefs: list[list[Belief | str | dict[str, Any]]], chunks: list[list[str]]
+    ) -> list[list[Candidate]]:
+        """Score every (belief, chunk) pair of each query; candidates sorted best first.
+
+        This is the low-level entry used by benchmarks: ``chunks`` are given as already split
+        texts.
+        """
+        bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
+        return [sorted(c, key=lambda c: -c.rank_score) for c in self._score(bel, chunks)]
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _conflict_score(self, c: Candidate) -> float:
+        return max(0.0, min(1.0, c.mismatch * min(1.0, c.relevance / max(self.min_relevance, 1e-6) * 0.5 + 0.5)))
+
+    def _score(self, beliefs: list[list[Belief]], chunks: list[list[str]]) -> list[list[Candidate]]:
+        if len(beliefs) != len(chunks):
+            raise InputError(f"{len(beliefs)} belief lists but {len(chunks)} chunk lists")
+        chunk_spans = [[extract_spans(c) for c in cs] for cs in chunks]
+        # Collect every text to embed: topics, chunks, believed values, candidate values.
+        texts: dict[str, int] = {}
+
+        def idx(t: str) -> int:
+            if t not in texts:
+                texts[t] = len(texts)
+            return texts[t]
+
+        key_spans: list[list[list[Span]]] = []
+        for bs, cs, spans in zip(beliefs, chunks, chunk_spans, strict=True):
+            ks_q = []
+            for b in bs:
+                idx(b.topic or b.text)
+                if b.answer:
+                    ks = [Span(b.answer, span_kind(b.answer))]
+                else:
+                    ks = [s for s in extract_spans(b.text)]
+                for s in ks:
+                    if s.kind in ("entity", "other"):
+                        idx(s.text)
+                ks_q.append(ks)
+            key_spans.append(ks_q)
+            for c, sp in zip(cs, spans, strict=True):
+                idx(c)
+                for s in sp:
+                    if s.kind == "entity":
+                        idx(s.text)
+                if any(k.kind == "other" for ks in ks_q for k in ks):
+                    for w in _other_terms(c):
+                        idx(w)
+        if not texts:
+            return [[] for _ in beliefs]
+        import numpy as np
+
+        emb = self.embedder.encode(list(texts), batch_size=self.batch_size)
+        emb = np.asarray(emb, dtype=np.float32)
+
+        out: list[list[Candidate]] = []
+        for bs, cs, spans, ks_q in zip(beliefs, chunks, chunk_spans, key_spans, strict=True):
+            cands: list[Candidate] = []
+            if not bs or not cs:
+                out.append(cands)
+                continue
+            topic_vecs = emb[[texts[b.topic or b.text] for b in bs]]
+            chunk_vecs = emb[[texts[c] for c in cs]]
+            sims = topic_vecs @ chunk_vecs.T  # (beliefs, chunks)
+            chunk_words = [content_words(c) for c in cs]
+            chunk_norm = [f" {_norm(c)} " for c in cs]
+            chunk_nums = [_numbers(c) for c in cs]
+            for bi, (b, ks) in enumerate(zip(bs, ks_q, strict=True)):
+                topic_words = content_words(b.topic or b.text)
+                belief_norm = f" {_norm(b.text)} "
+                belief_neg = _has_negation(b.text)
+                for ci, c in enumerate(cs):
+                    sim = float(sims[bi, ci])
+                    lex = len(topic_words & chunk_words[ci]) / max(len(topic_words), 1)
+                    rel = self.alpha * sim + (1 - self.alpha) * lex
+                    best = (0.0, "other", None, None)
+                    supports = bool(ks)
+                    for k in ks:
+                        present = self._present(k, chunk_norm[ci], chunk_nums[ci], chunk_words[ci])
+                        if present:
+                            continue
+                        supports = False
+                        m, span = self._mismatch(k, spans[ci], c, belief_norm, emb, texts)
+                        if m > best[0]:
+                            best = (m, k.kind, k.text, span)
+                    if best[0] == 0.0 and _has_negation(c) != belief_neg and lex >= 0.5:
+                        best = (0.8 if not supports else 0.6, "negation", None, None)
+                        supports = False
+                    mismatch, kind, bspan, cspan = best
+                    cands.append(
+                        Candidate(
+                            belief=bi,
+                            chunk=ci,
+                            similarity=sim,
+                            relevance=rel,
+                            mismatch=mismatch,
+                            kind=kind,
+                            belief_span=bspan,
+                            chunk_span=cspan,
+                            rank_score=rel + self.mismatch_weight * mismatch,
+                            flagged=mismatch >= self.threshold and rel >= self.min_relevance,
+                            supports=supports,
+                        )
+                    )
+            out.append(cands)
+        return out
+
+    @staticmethod
+    def _present(k: Span, chunk_norm: str, chunk_nums: set[str], chunk_words: set[str]) -> bool:
+        if k.kind == "number":
+            nums = _numbers(k.text)
+            if nums:
+                return nums <= chunk_nums
+        norm = _norm(k.text)
+        if not norm:
+            return True
+        if f" {norm} " in chunk_norm:
+            return True
+        words = content_words(k.text)
+        return bool(words) and words <= chunk_words
+
+    @staticmethod
+    def _mismatch(
+        k: Span, spans: list[Span], chunk: str, belief_norm: str, emb: Any, texts: dict[str, int]
+    ) -> tuple[float, str | None]:
+        """How strongly the chunk holds a *different* value of the believed value's type."""
+        novel = [s for s in spans if f" {_norm(s.text)} " not in belief_norm]
+        if k.kind in ("number", "date"):
+            same = [s for s in novel if s.kind == k.kind]
+            if same:
+                return 1.0, same[0].text
+            other = [s for s in novel if s.kind in ("number", "date")]
+            return (0.6, other[0].text) if other else (0.0, None)
+        kv = emb[texts[k.text]]
+        if k.kind == "entity":
+            pool = [s.text for s in novel if s.kind == "entity"]
+        else:
+            pool = [w for w in _other_terms(chunk) if f" {_norm(w)} " not in belief_norm]
+        if not pool:
+            return 0.0, None
+        vecs = emb[[texts[p] for p in pool]]
+        sims = vecs @ kv
+        j = int(sims.argmax())
+        # cosine of two values of the same category is typically 0.3-0.7; map to [0, 1]
+        return float(max(0.0, min(1.0, (sims[j] - 0.1) / 0.4))), pool[j]
+
+
+def _other_terms(text: str) -> list[str]:
+    words = [w for w in _WORD_RE.findall(text) if w.lower() not in _STOP and len(w) > 2 and not w[0].isdigit()]
+    return list(dict.fromkeys(words))
+
+
+def format_conflicts(conflicts: list[Conflict], max_items: int = 5) -> str:
+    """A short prompt section listing conflicts, e.g. to warn the generator (empty if none)."""
+    if not conflicts:
+        return ""
+    lines = ["Note: the context disagrees with known facts in these places:"]
+    for c in conflicts[:max_items]:
+        what = f" ({c.belief_span!r} vs {c.chunk_span!r})" if c.belief_span or c.chunk_span else ""
+        lines.append(f"- [{c.kind}] context: \"{c.chunk}\" vs known: \"{c.belief}\"{what}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+class ConflictCheck(BaseStage):
+    """Record where each query's passages contradict trusted beliefs (no LLM needed).
+
+    Beliefs come from, in order of ``beliefs_from="auto"``: the ``beliefs`` setting, then
+    ``state.metadata["beliefs"]`` (strings, dicts or :class:`Belief`), then ``state.facts``
+    (e.g. the model's self-facts from :class:`~ctxkit.faithfulness.SelfFacts`).
+
+    Actions on the conflicts found (always written to ``state.conflicts``):
+        * ``"annotate"``: also store each passage's strongest conflict score as this stage's score
+          and the conflicts in ``passage.metadata["conflicts"]``.
+        * ``"filter"``: drop passages with a conflict scoring at least ``filter_threshold``.
+        * ``"warn"``: annotate, and put a prompt section listing the conflicts in
+          ``state.metadata["conflict_note"]`` (used by :class:`~ctxkit.faithfulness.SelfThinkAnswer`).
+
+    Example:
+        >>> stage = ConflictCheck(beliefs=["The Eiffel Tower was completed in 1889."])
+        >>> state = ContextState(query="When was the Eiffel Tower completed?",
+        ...     passages=[Passage(id="p1", text="The Eiffel Tower was completed in 1901.")])
+        >>> stage([state])[0].conflicts[0].kind
+        'date'
+    """
+
+    stage_type = "conflict_check"
+
+    beliefs: list[str | dict[str, Any]] = Field(default_factory=list)
+    beliefs_from: Literal["auto", "setting", "metadata", "facts"] = "auto"
+    embedder: str = "default"
+    device: str = "auto"
+    chunk_words: int = Field(0, ge=0)
+    top_k: int = Field(5, ge=1)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    mismatch_weight: float = Field(0.5, ge=0.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    min_relevance: float = Field(0.35, ge=0.0, le=1.0)
+    action: Literal["annotate", "filter", "warn"] = "annotate"
+    filter_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    def warm_up(self) -> None:
+        self._detector = ConflictDetector(
+            self.embedder,
+            device=self.device,
+            alpha=self.alpha,
+            mismatch_weight=self.mismatch_weight,
+            threshold=self.threshold,
+            min_relevance=self.min_relevance,
+        )
+
+    def _beliefs(self, state: ContextState) -> list[Any]:
+        order = {
+            "auto": ("setting", "metadata", "facts"),
+            "setting": ("setting",),
+            "metadata": ("metadata",),
+            "facts": ("facts",),
+        }[self.beliefs_from]
+        for src in order:
+            if src == "setting" and self.beliefs:
+                return list(self.beliefs)
+            if src == "metadata" and state.metadata.get("beliefs"):
+                value = state.metadata["beliefs"]
+                return [value] if isinstance(value, str | dict) else list(value)
+            if src == "facts" and state.facts:
+                return [Belief(text=f, source="facts") for f in state.facts]
+        return []
+
+    def run(self, states: list[ContextState]) -> list[ContextState]:
+        """Detect conflicts for the whole batch in one encoder call."""
+        beliefs = [self._beliefs(s) for s in states]
+        results = self._detector.detect_batch(
+            beliefs, [s.passages for s in states], top_k=self.top_k, chunk_words=self.chunk_words
+        )
+        for state, bs, conflicts in zip(states, beliefs, results, strict=True):
+            if not bs:
+                state.trace.count("conflicts.no_beliefs")
+            state.conflicts = conflicts
+            state.trace.count("conflicts.found", len(conflicts))
+            by_pid: dict[str | None, list[Conflict]] = {}
+            for c in conflicts:
+                by_pid.setdefault(c.passage_id, []).append(c)
+            for p in state.passages:
+                mine = by_pid.get(p.id, [])
+                self.set_score(p, max((c.score for c in mine), default=0.0))
+                if mine:
+                    p.metadata["conflicts"] = [c.model_dump() for c in mine]
+            if self.action == "filter":
+                keep = [
+                    p for p in state.passages
+                    if max((c.score for c in by_pid.get(p.id, [])), default=0.0) < self.filter_threshold
+                ]
+                state.trace.count("conflicts.filtered", len(state.passages) - len(keep))
+                state.passages = keep
+            elif self.action == "warn":
+                note = format_conflicts(conflicts)
+                if note:
+                    state.metadata["conflict_note"] = note
+        return states
