@@ -37,6 +37,13 @@ _BUILTIN: dict[str, str] = {
     "bm25": "ctxkit.retrievers.bm25:BM25Retriever",
     "hybrid": "ctxkit.retrievers.hybrid:HybridRetriever",
     "generate": "ctxkit.llm.stage:GenerateAnswer",
+    # Pistis-RAG cascade (pre-ranking, ranking, arrangement, reasoning & aggregating)
+    "bi_encoder": "ctxkit.rankers.prerank:BiEncoderPreRanker",
+    "cross_encoder": "ctxkit.rankers.prerank:CrossEncoderPreRanker",
+    "feedback_ranker": "ctxkit.rankers.listwise:FeedbackRanker",
+    "arrange": "ctxkit.rankers.arrange:Arranger",
+    "record_feedback": "ctxkit.rankers.record:RecordFeedback",
+    "reason_aggregate": "ctxkit.rankers.aggregate:ReasonAggregate",
 }
 
 _RUNTIME: dict[str, type] = {}

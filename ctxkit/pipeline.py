@@ -291,6 +291,16 @@ class Pipeline:
             )
 
     # -- composition and serialisation -----------------------------------------------------------
+    def feedback(self, list_id: str, event: str | float) -> float:
+        """Attach feedback (``"copy"``, ``"like"``, ``"dislike"``, ``"regenerate"`` or a number) to
+        the list shown under ``list_id`` (``state.trace.list_id``); needs a stage with a
+        ``feedback_store`` (e.g. ``record_feedback``). Returns the stored reward."""
+        for s in reversed(self.stages):
+            store = getattr(s, "feedback_store", None)
+            if store is not None:
+                return store.record_event(list_id, event)
+        raise ConfigError("this pipeline records no feedback: add a 'record_feedback' stage after the last ranking stage")
+
     def __getitem__(self, name: str) -> Stage:
         for s in self.stages:
             if s.name == name:

@@ -1,0 +1,245 @@
+"""Reasoning & aggregating: several reasoning paths over different subsets/orders of the kept
+items, one answer per path, and a (weighted) vote.
+
+Every path of every state of the batch goes to the generator in ONE call.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, PrivateAttr, field_validator
+
+from ..errors import ConfigError
+from ..llm.base import Message, SamplingSettings
+from ..pipeline import BaseStage
+from ..types import ContextState, Passage
+
+__all__ = ["ReasonAggregate", "parse_answer", "normalize_answer", "DEFAULT_COT_TEMPLATE"]
+
+DEFAULT_COT_TEMPLATE = (
+    "Use the context to answer the question. Think step by step, then write the final answer on "
+    "its own line as 'Answer: <answer>'.\n\n<context>\n{context}\n</context>\n\n"
+    "Question: {question}{options}"
+)
+_LETTERS = "ABCDEFGHIJ"
+_ANSWER_RE = re.compile(r"(?:final answer|answer)\s*(?:is|:)?\s*[:\-]?\s*(.+)", re.IGNORECASE)
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, strip punctuation, articles and extra spaces (for voting)."""
+    t = text.lower().strip()
+    t = t.translate(str.maketrans("", "", string.punctuation))
+    t = re.sub(r"\b(a|an|the)\b", " ", t)
+    return " ".join(t.split())
+
+
+def parse_answer(text: str, options: list[str] | None = None) -> str | None:
+    """The final answer of a reasoning path, tolerant to format drift.
+
+    Looks for the last ``Answer: ...`` / ``the answer is ...``; falls back to the last non-empty
+    line. With ``options`` (multiple choice) the result is the option letter (``"A"``...) found
+    as a letter or as the option's text, or ``None``.
+    """
+    if not text or not text.strip():
+        return None
+    matches = _ANSWER_RE.findall(text)
+    cand = matches[-1].strip() if matches else [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
+    cand = cand.strip(" *.:`\"'")
+    if not options:
+        return cand or None
+    letters = _LETTERS[: len(options)]
+    m = re.match(rf"^\(?([{letters}])\)?(?:[\s.):]|$)", cand)
+    if m:
+        return m.group(1)
+    norm = normalize_answer(cand)
+    for i, opt in enumerate(options):
+        if norm and normalize_answer(opt) and (normalize_answer(opt) == norm or normalize_answer(opt) in norm):
+            return letters[i]
+    m = re.search(rf"\b([{letters}])\b", cand)
+    return m.group(1) if m else None
+
+
+class ReasonAggregate(BaseStage):
+    """N reasoning paths per query, each over a different subset/order of the kept items.
+
+    Attributes:
+        generator: Generator object or spec dict (as for the ``generate`` stage).
+        n_paths: Reasoning paths per query.
+        items_per_path: Items in each path's context (``None``: all kept items).
+        variation: ``"orders"`` (all items, shuffled per path), ``"subsets"`` (random subsets in
+            ranked order) or ``"both"``. Path 0 always uses the ranked items as they are.
+        answer_mode: ``"generate"`` (chain-of-thought text, answer parsed) or ``"options"``
+            (multiple choice: each option scored by the generator's log-likelihood; needs
+            ``metadata["options"]``).
+        weighting: ``"uniform"`` votes, or ``"score"``: each path's vote weighs the mean of the
+            softmax-normalised last-stage scores of its items.
+        template: Prompt with ``{context}``, ``{question}``, ``{options}``.
+        sampling: Sampling for ``"generate"`` (default: temperature 0.7, 256 new tokens).
+        seed: Seed of the path variations.
+
+    Results: ``state.answer`` (the winning answer; for multiple choice the option letter),
+    ``state.metadata["agreement"]`` (vote share of the winner), ``metadata["votes"]`` and
+    ``metadata["paths"]``; unparseable paths count in ``trace.counters["parse_failures"]``.
+    """
+
+    stage_type: ClassVar[str] = "reason_aggregate"
+
+    generator: Any = Field(default_factory=lambda: {"backend": "transformers", "model": "default"})
+    n_paths: int = Field(5, ge=1, le=64)
+    items_per_path: int | None = Field(None, ge=1)
+    variation: Literal["orders", "subsets", "both"] = "both"
+    answer_mode: Literal["generate", "options"] = "generate"
+    weighting: Literal["uniform", "score"] = "uniform"
+    template: str = DEFAULT_COT_TEMPLATE
+    sampling: SamplingSettings | None = None
+    seed: int = 0
+
+    _gen: Any = PrivateAttr(default=None)
+
+    @field_validator("generator")
+    @classmethod
+    def _check_generator(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"backend": "transformers", "model": v}
+        if isinstance(v, Mapping):
+            return dict(v)
+        if not callable(getattr(v, "generate", None)):
+            raise ValueError("generator must be a spec dict or an object with generate()/score()")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        for f in ("{context}", "{question}"):
+            if f not in v:
+                raise ValueError(f"template must contain {f}")
+        return v
+
+    @property
+    def generator_obj(self) -> Any:
+        """The generator (built from the spec on first use)."""
+        if self._gen is None:
+            from ..llm.spec import build_generator
+
+            self._gen = build_generator(self.generator)
+        return self._gen
+
+    def warm_up(self) -> None:
+        gen = self.generator_obj
+        if callable(getattr(gen, "warm_up", None)):
+            gen.warm_up()
+
+    def to_config(self) -> dict[str, Any]:
+        cfg = super().to_config()
+        if not isinstance(self.generator, dict):
+            spec = getattr(self.generator, "to_spec", None)
+            if not callable(spec):
+                raise ConfigError("reason_aggregate: this generator cannot be written to a config; pass a spec dict")
+            cfg["generator"] = spec()
+        if self.sampling is None:
+            cfg.pop("sampling", None)
+        return cfg
+
+    # -- paths -----------------------------------------------------------------------------------
+    def paths(self, state: ContextState, rng: np.random.Generator) -> list[list[Passage]]:
+        """The item lists of the ``n_paths`` reasoning paths for one state."""
+        items = list(state.passages)
+        n = len(items)
+        size = min(self.items_per_path or n, n)
+        out = [items[:size]]
+        for _ in range(1, self.n_paths):
+            if n == 0:
+                out.append([])
+                continue
+            if self.variation == "orders":
+                idx = rng.permutation(n)[:size] if size == n else rng.permutation(size)
+            elif self.variation == "subsets":
+                idx = np.sort(rng.choice(n, size=size, replace=False))
+            else:
+                idx = rng.choice(n, size=size, replace=False)
+            out.append([items[i] for i in idx])
+        return out
+
+    def _messages(self, state: ContextState, items: list[Passage]) -> list[Message]:
+        ctx = "\n\n".join(f"[{i}] {p.text}" for i, p in enumerate(items, 1))
+        opts = state.metadata.get("options") or []
+        opt_txt = "".join(f"\n{_LETTERS[i]}. {o}" for i, o in enumerate(opts))
+        user = self.template.format(context=ctx, question=state.query, options=opt_txt)
+        if self.answer_mode == "options":
+            user = user.rstrip() + "\nAnswer:"
+        return [Message(role="user", content=user)]
+
+    def _weight(self, items: list[Passage], state: ContextState) -> float:
+        if self.weighting == "uniform" or not items:
+            return 1.0
+        all_scores = np.array([p.score or 0.0 for p in state.passages], dtype=np.float64)
+        soft = np.exp(all_scores - all_scores.max())
+        soft /= soft.sum()
+        by_id = {p.id: w for p, w in zip(state.passages, soft, strict=True)}
+        return float(np.mean([by_id.get(p.id, 0.0) for p in items])) + 1e-9
+
+    def run(self, states: list[ContextState]) -> list[ContextState]:
+        rng = np.random.default_rng(self.seed)
+        plans = [self.paths(s, rng) for s in states]
+        convs, owners = [], []
+        for si, (s, paths) in enumerate(zip(states, plans, strict=True)):
+            for items in paths:
+                convs.append(self._messages(s, items))
+                owners.append(si)
+        answers: list[str | None]
+        if self.answer_mode == "options":
+            answers = self._answer_by_options(states, convs, owners)
+            texts = [""] * len(convs)
+        else:
+            settings = self.sampling or SamplingSettings(temperature=0.7, max_new_tokens=256, seed=self.seed)
+            gens = self.generator_obj.generate(convs, settings)
+            texts = [g.text if g.error is None else "" for g in gens]
+            answers = [parse_answer(t, states[o].metadata.get("options")) for t, o in zip(texts, owners, strict=True)]
+        k = 0
+        for si, (s, paths) in enumerate(zip(states, plans, strict=True)):
+            votes: dict[str, float] = {}
+            shown: dict[str, str] = {}
+            recs = []
+            for items in paths:
+                ans = answers[k]
+                recs.append({"items": [p.id for p in items], "answer": ans, "text": texts[k][:2000]})
+                k += 1
+                if ans is None:
+                    s.trace.count("parse_failures")
+                    continue
+                key = normalize_answer(ans) or ans
+                votes[key] = votes.get(key, 0.0) + self._weight(items, s)
+                shown.setdefault(key, ans)
+            s.metadata["paths"] = recs
+            if votes:
+                best = max(votes, key=lambda a: (votes[a], -list(votes).index(a)))
+                s.answer = shown[best]
+                s.metadata["agreement"] = votes[best] / sum(votes.values())
+                s.metadata["votes"] = {shown[a]: v for a, v in votes.items()}
+            else:
+                s.answer = None
+                s.metadata["agreement"] = 0.0
+                s.trace.errors.append(f"{self.name}: no reasoning path gave a parseable answer")
+        return states
+
+    def _answer_by_options(self, states: list[ContextState], convs: list[list[Message]], owners: list[int]) -> list[str | None]:
+        batch, conts, where = [], [], []
+        for ci, (conv, o) in enumerate(zip(convs, owners, strict=True)):
+            opts = states[o].metadata.get("options") or []
+            if not opts:
+                raise ConfigError("reason_aggregate: answer_mode 'options' needs state.metadata['options']")
+            for i in range(len(opts)):
+                batch.append(conv)
+                conts.append(f" {_LETTERS[i]}")
+                where.append((ci, i))
+        scores = self.generator_obj.score(batch, conts)
+        best: dict[int, tuple[float, int]] = {}
+        for (ci, i), sc in zip(where, scores, strict=True):
+            if ci not in best or sc > best[ci][0]:
+                best[ci] = (sc, i)
+        return [_LETTERS[best[ci][1]] if ci in best else None for ci in range(len(convs))]

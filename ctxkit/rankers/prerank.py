@@ -1,0 +1,155 @@
+"""Pre-ranking stages: semantic relevance of every candidate by a bi-encoder or a cross-encoder.
+
+Both stages score all (query, passage) pairs of the whole batch in one model pass (no Python
+loop over queries or passages around model calls), write their score into each passage's score
+map, sort, and keep their own budget ``k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .._lazy import require
+from ..errors import ModelNotAvailableError
+from ..models import get_embedder, resolve_device, resolve_model
+from ..pipeline import BaseStage
+from ..types import ContextState
+from ._common import apply_scores, flatten, passage_text
+
+__all__ = ["BiEncoderPreRanker", "CrossEncoderPreRanker"]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class BiEncoderPreRanker(BaseStage):
+    """Re-scores candidates by cosine similarity of query and *full* passage embeddings.
+
+    Useful after lexical or fused matching (whose scores are not comparable semantic scores) and
+    as a cheap first cut before a cross-encoder. All queries and all distinct passage texts of the
+    batch are embedded in one encoder call; the cosines are one vectorised product.
+
+    Attributes:
+        model: Embedding model: ``"default"`` (all-MiniLM-L6-v2, offline), a path or hub id.
+        k: Passages kept per query (``None`` keeps all, re-sorted).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        dtype: ``"auto"`` (half precision on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
+    """
+
+    stage_type: ClassVar[str] = "bi_encoder"
+
+    model: str = "default"
+    k: int | None = Field(50, gt=0)
+    device: str = "auto"
+    dtype: str = "auto"
+    with_title: bool = True
+
+    def warm_up(self) -> None:
+        self._embedder = get_embedder(self.model, device=self.device, dtype=self.dtype)
+        self._embedder.model  # noqa: B018 - load now, not inside the first timed call
+
+    def run(self, states: list[ContextState]) -> list[ContextState]:
+        self._ensure_warm()
+        passages, owner, offsets = flatten(states)
+        if not passages:
+            return states
+        texts = [passage_text(p, self.with_title) for p in passages]
+        uniq: dict[str, int] = {}
+        text_idx = np.array([uniq.setdefault(t, len(uniq)) for t in texts], dtype=np.int64)
+        queries = [s.query for s in states]
+        emb = self._embedder.encode(queries + list(uniq))
+        q_emb, p_emb = emb[: len(queries)], emb[len(queries) :]
+        scores = np.einsum("nd,nd->n", p_emb[text_idx], q_emb[owner])
+        apply_scores(self, states, scores, offsets, self.k)
+        return states
+
+
+class CrossEncoderPreRanker(BaseStage):
+    """Re-scores candidates with a sentence-transformers ``CrossEncoder`` (any local path or id).
+
+    All (query, passage) pairs of the whole batch go through one ``predict`` call (the library
+    sorts them by length and pads per mini-batch).
+
+    Attributes:
+        model: Path or hub id of a cross-encoder (e.g. a local ``ms-marco-MiniLM-L-6-v2``).
+        k: Passages kept per query (``None`` keeps all, re-sorted).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` (bfloat16
+            autocast; ~1.8x faster on CPUs with AVX512-BF16/AMX with near-identical rankings) or
+            ``"fp16"`` (CUDA only).
+        batch_size: Pairs per forward pass.
+        max_length: Maximum tokens per pair (``None``: the model's own limit).
+        with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
+        show_progress: Show a progress bar for long batches.
+    """
+
+    stage_type: ClassVar[str] = "cross_encoder"
+
+    model: str
+    k: int | None = Field(20, gt=0)
+    device: str = "auto"
+    precision: Precision = "auto"
+    batch_size: int = Field(64, gt=0)
+    max_length: int | None = Field(None, gt=0)
+    with_title: bool = True
+    show_progress: bool = False
+
+    def warm_up(self) -> None:
+        st = require("sentence_transformers")
+        torch = require("torch")
+        device = resolve_device(self.device)
+        precision = self.precision
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        if precision == "fp16" and not device.startswith("cuda"):
+            precision = "bf16"  # fp16 matmuls are slow or unsupported on CPU; bf16 is the CPU lever
+        path = resolve_model(self.model, "other").path
+        try:
+            model = st.CrossEncoder(path, device=device, max_length=self.max_length)
+        except OSError as exc:
+            raise ModelNotAvailableError(
+                f"cross_encoder: cannot load {self.model!r} ({exc}). Pass a local directory holding "
+                "a sentence-transformers CrossEncoder (config.json, weights, tokenizer)."
+            ) from exc
+        if device.startswith("cuda") and precision in ("fp16", "bf16"):
+            model.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        model.model.eval()
+        self._model = model
+        self._device = device
+        self._precision = precision
+
+    def _autocast(self) -> Any:
+        if self._precision == "bf16" and not self._device.startswith("cuda"):
+            torch = require("torch")
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Raw cross-encoder scores of ``(query, passage)`` pairs, in one batched call."""
+        self._ensure_warm()
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        torch = require("torch")
+        with torch.inference_mode(), self._autocast():
+            out = self._model.predict(
+                pairs,
+                batch_size=self.batch_size,
+                show_progress_bar=self.show_progress,
+                convert_to_numpy=True,
+            )
+        out = np.asarray(out, dtype=np.float32)
+        return out[:, 0] if out.ndim == 2 else out
+
+    def run(self, states: list[ContextState]) -> list[ContextState]:
+        self._ensure_warm()
+        passages, owner, offsets = flatten(states)
+        if not passages:
+            return states
+        pairs = [(states[o].query, passage_text(p, self.with_title)) for p, o in zip(passages, owner, strict=True)]
+        scores = self.predict(pairs)
+        apply_scores(self, states, scores, offsets, self.k)
+        return states
