@@ -1,0 +1,347 @@
+"""A small OpenAI-compatible chat-completions server for any ctxkit generator.
+
+It serves ``POST /v1/chat/completions`` (non-streaming), ``GET /v1/models`` and ``GET /health``
+with the standard request/response shapes, so :class:`~ctxkit.llm.OpenAIGenerator` (or any OpenAI
+client) can talk to it. Concurrent requests are grouped into batches (``max_batch_size``, waiting
+at most ``batch_wait_s`` for company) and run by ONE worker thread, so a batched
+:class:`~ctxkit.llm.TransformersGenerator` serves many clients at batched speed.
+
+It is also the test server for HTTP clients: ``fail_first`` makes the first N requests fail with
+``fail_status`` (429/503, with ``Retry-After``), ``delay_s`` slows every request down, and the
+server counts requests and the peak number of concurrent requests. For production traffic use a
+real inference server (vLLM, TGI, llama.cpp) and keep :class:`OpenAIGenerator` as the client.
+
+Example:
+    ctxkit serve --model default --port 8000
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Generation, Message, SamplingSettings
+
+__all__ = ["OpenAICompatibleServer", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+def _settings_from_body(body: dict[str, Any], defaults: SamplingSettings) -> SamplingSettings:
+    fields: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        fields["max_new_tokens"] = max_tokens
+    for key in ("temperature", "top_p", "top_k", "seed"):
+        if body.get(key) is not None:
+            fields[key] = body[key]
+    stop = body.get("stop")
+    if stop is not None:
+        fields["stop"] = [stop] if isinstance(stop, str) else stop
+    try:
+        return SamplingSettings(**{**defaults.model_dump(), **fields})
+    except ValueError as exc:
+        raise _BadRequest(f"invalid sampling parameters: {exc}") from None
+
+
+def _messages_from_body(body: dict[str, Any]) -> list[Message]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _BadRequest("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise _BadRequest(f"messages[{i}] must be an object", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: keep the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise _BadRequest(
+                f"messages[{i}] needs role system/user/assistant and string content, got {m!r}", param="messages"
+            )
+        out.append(Message(role=m["role"], content=content))
+    return out
+
+
+class OpenAICompatibleServer:
+    """Serve a ctxkit generator over HTTP with the OpenAI chat-completions API.
+
+    Args:
+        generator: Any ctxkit generator (``generate(batch, settings) -> list[Generation]``).
+        host: Interface to bind (loopback by default).
+        port: Port; ``0`` picks a free one (read it back from :attr:`port`).
+        model_name: The model id reported by the API (default: the generator's model name).
+        max_batch_size: Most requests sent to the generator in one call.
+        batch_wait_s: How long the worker waits for more requests before running a batch.
+        api_key: If set, requests must send ``Authorization: Bearer <api_key>`` (else 401).
+        fail_first: Testing aid: the first N chat requests fail with ``fail_status``.
+        fail_status: Status of those failures (429 or 5xx).
+        retry_after: ``Retry-After`` seconds sent with those failures (``None``: no header).
+        delay_s: Testing aid: every chat request waits this long before it is answered.
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model_name: str | None = None,
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.005,
+        api_key: str | None = None,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        retry_after: float | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        if not callable(getattr(generator, "generate", None)):
+            raise ConfigError("OpenAICompatibleServer needs a generator with a generate(batch) method")
+        if max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if fail_first < 0 or delay_s < 0 or batch_wait_s < 0:
+            raise ConfigError("fail_first, delay_s and batch_wait_s must be >= 0")
+        self.generator = generator
+        self.model_name = model_name or str(getattr(generator, "model_name", "ctxkit"))
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.api_key = api_key
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.retry_after = retry_after
+        self.delay_s = delay_s
+        self.defaults: SamplingSettings = getattr(generator, "default_settings", SamplingSettings())
+        self.n_requests = 0
+        self.n_failed_on_purpose = 0
+        self.max_concurrent = 0
+        self.batch_sizes: list[int] = []
+        self._active = 0
+        self._stats_lock = threading.Lock()
+        self._queue: queue.Queue[tuple[list[Message], SamplingSettings, Future[Generation]] | None] = queue.Queue()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def host(self) -> str:
+        """The bound host."""
+        return str(self._httpd.server_address[0])
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, e.g. ``http://127.0.0.1:8000/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> OpenAICompatibleServer:
+        """Serve in background threads; returns ``self``."""
+        if self._threads:
+            return self
+        for target, name in ((self._worker, "ctxkit-gen-worker"), (self._httpd.serve_forever, "ctxkit-http")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted."""
+        worker = threading.Thread(target=self._worker, name="ctxkit-gen-worker", daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        try:
+            self._httpd.serve_forever()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if any(t.name == "ctxkit-http" for t in self._threads):
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        self._queue.put(None)
+        self._threads.clear()
+
+    def __enter__(self) -> OpenAICompatibleServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- batching worker -------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(items) < self.max_batch_size:
+                left = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            # One generator call per distinct sampling setting in the batch.
+            groups: dict[str, list[tuple[list[Message], SamplingSettings, Future[Generation]]]] = {}
+            for it in items:
+                groups.setdefault(it[1].model_dump_json(), []).append(it)
+            for group in groups.values():
+                self.batch_sizes.append(len(group))
+                try:
+                    gens = self.generator.generate([g[0] for g in group], group[0][1])
+                except Exception as exc:  # noqa: BLE001 - reported to each waiting request
+                    for g in group:
+                        g[2].set_exception(exc)
+                    continue
+                for g, gen in zip(group, gens, strict=True):
+                    g[2].set_result(gen)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise _BadRequest("streaming is not supported by this server; send stream=false", param="stream")
+        if body.get("n", 1) != 1:
+            raise _BadRequest("only n=1 is supported", param="n")
+        messages = _messages_from_body(body)
+        settings = _settings_from_body(body, self.defaults)
+        fut: Future[Generation] = Future()
+        self._queue.put((messages, settings, fut))
+        gen = fut.result()
+        if gen.error is not None:
+            if "prompt too long" in gen.error:
+                raise _BadRequest(gen.error, code="context_length_exceeded", param="messages")
+            raise _BadRequest(f"generation failed: {gen.error}", status=500, code="generation_error")
+        n_prompt, n_out = gen.n_prompt_tokens or 0, gen.n_tokens or 0
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": gen.text},
+                "finish_reason": gen.finish_reason,
+                "logprobs": None,
+            }],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
+        }
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "ctxkit-openai/0.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug("%s " + fmt, self.address_string(), *args)
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                       headers: dict[str, str] | None = None) -> None:
+                kind = "invalid_request_error" if status < 500 else "server_error"
+                self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": code}}, headers)
+
+            def _authorised(self) -> bool:
+                if server.api_key is None:
+                    return True
+                if self.headers.get("Authorization", "") == f"Bearer {server.api_key}":
+                    return True
+                self._error(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                            code="invalid_api_key")
+                return False
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                path = self.path.split("?")[0].rstrip("/")
+                if path in ("/health", "/v1/health"):
+                    self._send(200, {"status": "ok"})
+                elif path == "/v1/models":
+                    if self._authorised():
+                        self._send(200, {"object": "list", "data": [
+                            {"id": server.model_name, "object": "model", "created": 0, "owned_by": "ctxkit"}]})
+                else:
+                    self._error(404, f"no route GET {path}", code="not_found")
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                path = self.path.split("?")[0].rstrip("/")
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if path not in ("/v1/chat/completions", "/chat/completions"):
+                    self._error(404, f"no route POST {path}; use /v1/chat/completions", code="not_found")
+                    return
+                if not self._authorised():
+                    return
+                with server._stats_lock:
+                    server.n_requests += 1
+                    server._active += 1
+                    server.max_concurrent = max(server.max_concurrent, server._active)
+                    fail = server.n_failed_on_purpose < server.fail_first
+                    if fail:
+                        server.n_failed_on_purpose += 1
+                try:
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+                    if fail:
+                        hdr = {"Retry-After": f"{server.retry_after:g}"} if server.retry_after is not None else None
+                        self._error(server.fail_status, f"simulated failure ({server.fail_status})",
+                                    code="overloaded", headers=hdr)
+                        return
+                    try:
+                        body = json.loads(raw or b"null")
+                    except json.JSONDecodeError as exc:
+                        self._error(400, f"request body is not valid JSON: {exc}", code="invalid_json")
+                        return
+                    if not isinstance(body, dict):
+                        self._error(400, "request body must be a JSON object", code="invalid_json")
+                        return
+                    try:
+                        self._send(200, server._chat(body))
+                    except _BadRequest as exc:
+                        self._error(exc.status, str(exc), code=exc.code, param=exc.param)
+                    except Exception as exc:  # noqa: BLE001 - a server must answer, not crash
+                        log.exception("chat completion failed")
+                        self._error(500, f"{type(exc).__name__}: {exc}", code="internal_error")
+                finally:
+                    with server._stats_lock:
+                        server._active -= 1
+
+        return Handler
+
+
+def serve(generator: Any, *, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
+    """Serve ``generator`` with the OpenAI chat-completions API until interrupted (blocking)."""
+    srv = OpenAICompatibleServer(generator, host=host, port=port, **kwargs)
+    print(f"ctxkit: serving {srv.model_name!r} at {srv.url} (POST /chat/completions); Ctrl-C to stop", flush=True)
+    srv.serve_forever()
