@@ -20,6 +20,7 @@ __all__ = ["main", "build_parser"]
 
 _COMMAND_MODULES = [
     "ctxkit.quickstart",
+    "ctxkit.llm.cli",
 ]
 
 
