@@ -240,6 +240,8 @@ class ReasonAggregate(BaseStage):
         scores = self.generator_obj.score(batch, conts)
         best: dict[int, tuple[float, int]] = {}
         for (ci, i), sc in zip(where, scores, strict=True):
+            if sc != sc:  # nan: this option could not be scored
+                continue
             if ci not in best or sc > best[ci][0]:
                 best[ci] = (sc, i)
         return [_LETTERS[best[ci][1]] if ci in best else None for ci in range(len(convs))]

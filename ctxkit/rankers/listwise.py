@@ -285,7 +285,7 @@ class FeedbackRanker(BaseStage):
                 self._opt.zero_grad()
                 loss.backward()
                 self._opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             history.append(total / n)
         self._net.eval()
         return history

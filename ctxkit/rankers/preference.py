@@ -101,7 +101,8 @@ def llm_preference_labels(
             log-likelihood).
 
     Returns:
-        ``{"lists": n, "examples": m, "mean_reward": r, "list_ids": [...]}``.
+        ``{"lists": n, "examples": m, "skipped": s, "mean_reward": r, "list_ids": [...]}``
+        (``skipped``: lists the generator could not score, e.g. too long; not recorded).
     """
     if not callable(getattr(generator, "score", None)):
         raise InputError("llm_preference_labels needs a generator with a score(batch, continuations) method")
@@ -128,18 +129,21 @@ def llm_preference_labels(
             owners.append((len(built) - 1, j))
     scores = generator.score(convs, conts)
     base = {e: s for (e, j), s in zip(owners, scores, strict=True) if j == -1}
-    list_ids, rewards = [], []
+    list_ids, rewards, skipped = [], [], 0
     with store.transaction():
         for (e, j), s in zip(owners, scores, strict=True):
             if j == -1:
                 continue
             ex, lists = built[e]
             reward = float(s) - (base[e] if relative else 0.0)
+            if not np.isfinite(reward):  # the generator could not score this prompt (too long...)
+                skipped += 1
+                continue
             state = ContextState(query=ex.query, passages=[copy.deepcopy(p) for p in lists[j]],
                                  metadata={answer_key: ex.metadata[answer_key]})
             store.record_list(state, source="llm")
             store.record_event(state.trace.list_id, reward)
             list_ids.append(state.trace.list_id)
             rewards.append(reward)
-    return {"lists": len(list_ids), "examples": len(built),
+    return {"lists": len(list_ids), "examples": len(built), "skipped": skipped,
             "mean_reward": float(np.mean(rewards)) if rewards else 0.0, "list_ids": list_ids}

@@ -1,0 +1,355 @@
+"""Cascade stages: pre-rankers (tiny real cross-encoder, real MiniLM), listwise FeedbackRanker,
+arranger, reasoning & aggregating, LLM-preference labels (tiny real transformers model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctxkit import ConfigError, ContextState, InputError, Passage, Pipeline, build_stage
+from ctxkit.llm.base import Generation
+from ctxkit.rankers import (
+    Arranger,
+    BiEncoderPreRanker,
+    CrossEncoderPreRanker,
+    FeedbackRanker,
+    FeedbackStore,
+    ReasonAggregate,
+    arrange_order,
+    llm_preference_labels,
+    parse_answer,
+)
+
+WORDS = ("the quick brown fox jumps over lazy dog penicillin was discovered by alexander fleming in "
+         "1928 eiffel tower completed 1889 paris question answer context passage model").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT cross-encoder (1 label) with a WordPiece tokenizer, saved to a dir."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_ce")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *"abcdefghijklmnopqrstuvwxyz0123456789"]
+    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    CrossEncoder(str(out), device="cpu").save(str(out))
+    return out
+
+
+def _states(n_states: int = 3, n: int = 8, seed: int = 0) -> list[ContextState]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(n_states):
+        ps = [Passage(id=f"s{s}p{i}", text=" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))),
+                      scores={"match": float(n - i)}) for i in range(n)]
+        out.append(ContextState(query=" ".join(rng.choice(WORDS, size=4)), passages=ps))
+    return out
+
+
+# -- pre-ranking ---------------------------------------------------------------------------------
+def test_cross_encoder_scores_whole_batch_in_one_call(tiny_cross_encoder_dir: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    stage = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=5, device="cpu", precision="fp32")
+    stage.warm_up()
+    stage._warm = True
+    calls = []
+    real = stage._model.predict
+    stage._model.predict = lambda pairs, **kw: (calls.append(len(pairs)), real(pairs, **kw))[1]
+    states = _states()
+    expected = {}
+    ref = CrossEncoder(str(tiny_cross_encoder_dir), device="cpu")
+    for s in states:
+        sc = ref.predict([(s.query, p.text) for p in s.passages])
+        expected[s.query] = {p.id: float(v) for p, v in zip(s.passages, sc, strict=True)}
+    stage(states)
+    assert calls == [24]  # 3 queries x 8 candidates, one predict call
+    for s in states:
+        assert len(s.passages) == 5
+        got = [p.scores["cross_encoder"] for p in s.passages]
+        assert got == sorted(got, reverse=True)
+        for p in s.passages:
+            assert "match" in p.scores  # earlier scores kept
+            assert p.scores["cross_encoder"] == pytest.approx(expected[s.query][p.id], abs=1e-5)
+
+
+def test_cross_encoder_bf16_close_to_fp32_and_config_roundtrip(tiny_cross_encoder_dir: Path) -> None:
+    fp32 = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=None, device="cpu", precision="fp32")
+    bf16 = build_stage({"type": "cross_encoder", "model": str(tiny_cross_encoder_dir), "k": None,
+                        "device": "cpu", "precision": "bf16"})
+    assert isinstance(bf16, CrossEncoderPreRanker) and bf16.to_config()["precision"] == "bf16"
+    pairs = [(s.query, p.text) for s in _states() for p in s.passages]
+    a, b = fp32.predict(pairs), bf16.predict(pairs)
+    assert bf16._precision == "bf16"
+    np.testing.assert_allclose(b, a, atol=0.05)  # bf16 rounding only
+    assert not np.array_equal(a, b)  # bf16 autocast really ran
+    with pytest.raises(ConfigError, match="precision"):
+        CrossEncoderPreRanker(model="x", precision="int3")
+
+
+def test_cross_encoder_missing_model_is_typed_error(tmp_path: Path) -> None:
+    from ctxkit import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError):
+        CrossEncoderPreRanker(model=str(tmp_path / "nope"), device="cpu")([ContextState(query="q", passages=[Passage(id="a", text="t")])])
+
+
+def test_bi_encoder_semantic_order_one_encode_call(minilm, monkeypatch) -> None:
+    stage = BiEncoderPreRanker(k=2, device="cpu")
+    stage._ensure_warm()
+    calls = []
+    real = stage._embedder.encode
+    monkeypatch.setattr(stage._embedder, "encode", lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1])
+    docs = ["The Eiffel Tower in Paris was completed in 1889.",
+            "Alexander Fleming discovered penicillin in 1928.",
+            "Foxes are small omnivorous mammals."]
+    states = [ContextState(query=q, passages=[Passage(id=f"d{i}", text=t, scores={"bm25": 1.0}) for i, t in enumerate(docs)])
+              for q in ["who discovered penicillin", "when was the eiffel tower built"]]
+    stage(states)
+    assert calls == [2 + 3]  # both queries and the distinct passage texts in one call
+    assert states[0].passages[0].id == "d1" and states[1].passages[0].id == "d0"
+    assert all(len(s.passages) == 2 for s in states)
+    e = minilm.encode(["who discovered penicillin", docs[1]])
+    assert states[0].passages[0].scores["bi_encoder"] == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
+
+
+# -- feedback ranker -----------------------------------------------------------------------------
+def _trait_store(path: Path, n_queries: int = 40, seed: int = 0) -> FeedbackStore:
+    """Lists whose reward comes from a metadata trait the 'match' score does not see."""
+    store = FeedbackStore(path)
+    rng = np.random.default_rng(seed)
+    with store.transaction():
+        for q in range(n_queries):
+            items = [Passage(id=f"q{q}i{i}", text="x" * 20, metadata={"trait": float(rng.random() < 0.3)},
+                             scores={"match": float(rng.normal())}) for i in range(10)]
+            for _ in range(4):
+                shown = [items[j] for j in rng.choice(10, size=4, replace=False)]
+                st = ContextState(query=f"query {q}", passages=shown)
+                store.record_list(st)
+                reward = sum(p.metadata["trait"] / np.log2(k + 2) for k, p in enumerate(shown)) + rng.normal(scale=0.1)
+                store.record_event(st.trace.list_id, float(reward))
+    return store
+
+
+def _cands(seed: int = 5) -> list[ContextState]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for q in range(6):
+        ps = [Passage(id=f"c{q}-{i}", text="x" * 20, metadata={"trait": float(i % 3 == 2)},
+                      scores={"match": float(10 - i)}) for i in range(9)]
+        rng.shuffle(ps)
+        ps.sort(key=lambda p: -p.scores["match"])
+        out.append(ContextState(query=f"new {q}", passages=ps))
+    return out
+
+
+def test_ranker_cold_start_keeps_order() -> None:
+    r = FeedbackRanker(k=5, use_embeddings=False)
+    states = _cands()
+    before = [[p.id for p in s.passages] for s in states]
+    r(states)
+    assert not r.fitted
+    assert [[p.id for p in s.passages] for s in states] == [b[:5] for b in before]
+    assert states[0].trace.counters["ranker_cold_start"] == 1
+    assert all("feedback_ranker" in p.scores and "match" in p.scores for p in states[0].passages)
+
+
+@pytest.mark.parametrize("loss", ["listnet", "plackett_luce"])
+def test_ranker_learns_hidden_trait(tmp_path: Path, loss: str) -> None:
+    store = _trait_store(tmp_path / "fb.sqlite")
+    r = FeedbackRanker(k=3, loss=loss, use_embeddings=False, metadata_features=["trait"], epochs=60, seed=1)
+    info = r.fit(store)
+    assert info["groups"] == 40 and info["loss"][-1] < info["loss"][0]
+    states = r(_cands())
+    for s in states:
+        assert all(p.metadata["trait"] == 1.0 for p in s.passages)  # all 3 trait items first
+
+
+def test_ranker_deterministic_save_load_partial_fit(tmp_path: Path) -> None:
+    store = _trait_store(tmp_path / "fb.sqlite", n_queries=20)
+    a = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=20, seed=3)
+    b = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=20, seed=3)
+    c = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=20, seed=4)
+    a.fit(store), b.fit(store), c.fit(store)
+    wa, wb, wc = a.weights(), b.weights(), c.weights()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert not all(np.array_equal(wa[k], wc[k]) for k in wa)
+    qs, lists = ["new 0"], [_cands()[0].passages]
+    a.save(tmp_path / "ranker")
+    loaded = FeedbackRanker.load(tmp_path / "ranker", k=4)
+    assert loaded.k == 4
+    np.testing.assert_allclose(loaded.score_lists(qs, lists)[0], a.score_lists(qs, lists)[0], rtol=1e-6)
+    via_cfg = build_stage({"type": "feedback_ranker", "model_path": str(tmp_path / "ranker"),
+                           "use_embeddings": False, "metadata_features": ["trait"]})
+    via_cfg._ensure_warm()
+    assert via_cfg.fitted
+    # online update: nothing new -> no training; new feedback -> only the new lists are used
+    assert a.partial_fit(store)["lists"] == 0
+    st = ContextState(query="fresh", passages=lists[0][:4])
+    store.record_list(st)
+    store.record_event(st.trace.list_id, "like")
+    st2 = ContextState(query="fresh", passages=lists[0][4:8])
+    store.record_list(st2)
+    store.record_event(st2.trace.list_id, "dislike")
+    upd = a.partial_fit(store)
+    assert upd["lists"] == 2 and upd["groups"] == 1
+    assert not all(np.array_equal(wa[k], v) for k, v in a.weights().items())
+    with pytest.raises(InputError):
+        FeedbackRanker().save(tmp_path / "untrained")
+    with pytest.raises(InputError, match="no saved ranker"):
+        FeedbackRanker.load(tmp_path / "missing")
+
+
+def test_ranker_with_embedding_features(tmp_path: Path, minilm) -> None:
+    store = _trait_store(tmp_path / "fb.sqlite", n_queries=6)
+    r = FeedbackRanker(k=4, use_embeddings=True, metadata_features=["trait"], epochs=5)
+    r.fit(store)
+    assert r._emb_dim == minilm.dim and "proj.weight" in r.weights()
+    states = r(_cands())
+    assert all(len(s.passages) == 4 for s in states)
+
+
+def test_ranker_rejects_non_numeric_metadata(tmp_path: Path) -> None:
+    store = _trait_store(tmp_path / "fb.sqlite", n_queries=4)
+    r = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=2)
+    r.fit(store)
+    s = ContextState(query="q", passages=[Passage(id="a", text="t", metadata={"trait": "high"}), Passage(id="b", text="u")])
+    with pytest.raises(InputError, match="not numeric"):
+        r([s])
+
+
+# -- arrangement ---------------------------------------------------------------------------------
+def test_arrange_orders() -> None:
+    assert arrange_order(5, "as_ranked") == [0, 1, 2, 3, 4]
+    assert arrange_order(5, "best_last") == [4, 3, 2, 1, 0]
+    assert arrange_order(5, "best_first_and_last") == [0, 2, 4, 3, 1]
+    assert arrange_order(4, "learned", [0.1, 0.0, 0.2, 0.9]) == [2, 3, 1, 0]
+    with pytest.raises(ConfigError):
+        arrange_order(3, "random")
+
+
+def test_arranger_learned_from_store(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    rng = np.random.default_rng(0)
+    with store.transaction():
+        for i in range(150):
+            v = rng.normal(size=3)
+            st = ContextState(query=f"q{i}", passages=[Passage(id=f"{i}{j}", text="t", scores={"r": float(v[j])}) for j in range(3)])
+            store.record_list(st)
+            store.record_event(st.trace.list_id, float(v[2] - v.mean()))  # the last position matters
+    arr = Arranger(strategy="learned", store=str(tmp_path / "fb.sqlite"), k=3)
+    s = ContextState(query="q", passages=[Passage(id=x, text=x) for x in "abcd"])
+    arr([s])
+    assert [p.id for p in s.passages][-1] == "a" and len(s.passages) == 3
+    assert s.passages[-1].scores["arrange"] == 1.0 and s.metadata["arrangement"] == "learned"
+    with pytest.raises(ConfigError, match="store"):
+        Arranger(strategy="learned")([s])
+
+
+def test_cascade_budgets_and_trace(minilm) -> None:
+    pipe = Pipeline([
+        build_stage({"type": "bi_encoder", "k": 12, "device": "cpu"}),
+        build_stage({"type": "feedback_ranker", "k": 6, "use_embeddings": False}),
+        build_stage({"type": "arrange", "strategy": "best_last"}),
+    ])
+    states = pipe.batch(_states(n_states=2, n=30))
+    for s in states:
+        assert [(r.stage, r.n_in, r.n_out) for r in s.trace.stages] == [
+            ("bi_encoder", 30, 12), ("feedback_ranker", 12, 6), ("arrange", 6, 6)]
+        assert list(s.passages[0].scores) == ["match", "bi_encoder", "feedback_ranker", "arrange"]
+        assert s.passages[-1].scores["arrange"] == 1.0  # best last
+    assert [st["type"] for st in pipe.to_config()["stages"]] == ["bi_encoder", "feedback_ranker", "arrange"]
+
+
+# -- reasoning & aggregating ---------------------------------------------------------------------
+class ScriptedGenerator:
+    """Test double with controlled outputs: answers depend on which passage ids are in the prompt."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def generate(self, batch, settings=None, **kw):
+        self.calls.append(len(batch))
+        out = []
+        for conv in batch:
+            text = conv[-1].content
+            if "GARBLE" in text.split("<context>")[1].split("\n")[1]:
+                out.append(Generation(text="I am not sure what to say"))  # no parseable answer line
+                out[-1] = Generation(text="")
+            elif "[1] paris" in text:
+                out.append(Generation(text="Paris is a city.\nSo the answer is: Paris."))
+            else:
+                out.append(Generation(text="Reasoning...\nAnswer: Lyon"))
+        return out
+
+
+def test_reason_aggregate_votes_in_one_call() -> None:
+    gen = ScriptedGenerator()
+    stage = ReasonAggregate(generator=gen, n_paths=6, items_per_path=2, variation="orders", seed=0)
+    s1 = ContextState(query="capital of France?", passages=[Passage(id=x, text=x) for x in ["paris", "lyon"]])
+    s2 = ContextState(query="other?", passages=[Passage(id=x, text=x) for x in ["lyon", "nice"]])
+    stage([s1, s2])
+    assert gen.calls == [12]
+    n_paris = sum(r["items"][0] == "paris" for r in s1.metadata["paths"])
+    assert s1.answer == ("Paris" if n_paris > 3 else "Lyon" if n_paris < 3 else s1.answer)
+    assert s1.metadata["agreement"] == pytest.approx(max(n_paris, 6 - n_paris) / 6)
+    assert s2.answer == "Lyon" and s2.metadata["agreement"] == 1.0
+
+
+def test_parse_answer_tolerant() -> None:
+    assert parse_answer("blah\nAnswer: 42") == "42"
+    assert parse_answer("so the final answer is **Paris**.") == "Paris"
+    assert parse_answer("just this line") == "just this line"
+    assert parse_answer("") is None
+    opts = ["red", "green", "blue", "black"]
+    assert parse_answer("Answer: (C)", opts) == "C"
+    assert parse_answer("I think the answer is green.", opts) == "B"
+    assert parse_answer("Answer: D. black", opts) == "D"
+    assert parse_answer("no idea", opts) is None
+
+
+def test_reason_aggregate_options_with_tiny_model(tiny_llm_dir: Path) -> None:
+    from ctxkit.llm import TransformersGenerator
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", batch_size=8)
+    stage = ReasonAggregate(generator=gen, n_paths=3, answer_mode="options", weighting="score", seed=1)
+    s = ContextState(query="what is 1 + 1?", metadata={"options": ["1", "2", "3", "4"]},
+                     passages=[Passage(id=f"d{i}", text=f"question {i} answer {i}", scores={"r": float(-i)}) for i in range(3)])
+    stage([s])
+    assert s.answer in {"A", "B", "C", "D"}
+    assert 0 < s.metadata["agreement"] <= 1 and len(s.metadata["paths"]) == 3
+    with pytest.raises(ConfigError, match="options"):
+        stage([ContextState(query="q", passages=[Passage(id="a", text="t")])])
+
+
+def test_llm_preference_labels_with_tiny_model(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    from ctxkit.llm import TransformersGenerator
+    from ctxkit.rankers import PreferenceTemplate
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", batch_size=8)
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+    examples = [ContextState(query=f"question {q}", metadata={"answer": "1928"},
+                             passages=[Passage(id=f"{q}-{i}", text=f"fleming {i} penicillin", scores={"r": float(-i)}) for i in range(6)])
+                for q in range(2)]
+    info = llm_preference_labels(gen, examples, store, n_lists=3, list_size=2, pool=5, seed=0)
+    assert info["lists"] == 6 and store.count() == {"lists": 6, "events": 6}
+    lists = store.lists(source="llm")
+    tpl = PreferenceTemplate()
+    first = lists[0]
+    direct = gen.score([tpl.messages(first.query, first.passages()), tpl.messages(first.query, [])], [" 1928", " 1928"])
+    assert first.rewards[0] == pytest.approx(direct[0] - direct[1], abs=1e-3)
+    assert [it["id"] for it in first.items] == ["0-0", "0-1"]  # the pre-ranked top list comes first
+    r = FeedbackRanker(use_embeddings=False, epochs=5)
+    assert r.fit(store)["groups"] == 2
+    with pytest.raises(InputError, match="known answer"):
+        llm_preference_labels(gen, [ContextState(query="q", passages=examples[0].passages)], store)
