@@ -322,35 +322,38 @@ class Pipeline:
             yaml.safe_dump(self.to_config(), fh, sort_keys=False)
 
     # -- framework adapters (imported lazily; need the langchain / llamaindex extras) ------------
-    def as_retriever(self, k: int | None = None, *, framework: str = "langchain") -> Any:
-        """This pipeline as a LangChain retriever (``framework="llamaindex"``: a LlamaIndex one)."""
+    def as_retriever(self, k: int | None = None, *, framework: str = "langchain", **options: Any) -> Any:
+        """This pipeline as a LangChain retriever (``framework="llamaindex"``: a LlamaIndex one).
+
+        ``options`` go to the adapter (e.g. ``score_stage="cascade"``).
+        """
         if framework == "llamaindex":
             from .integrations.llama_index import CtxkitLlamaRetriever
 
-            return CtxkitLlamaRetriever(self, k=k)
+            return CtxkitLlamaRetriever(self, k=k, **options)
         if framework != "langchain":
             raise ConfigError(f"framework must be 'langchain' or 'llamaindex', got {framework!r}")
         from .integrations.langchain import CtxkitRetriever
 
-        return CtxkitRetriever(pipeline=self, k=k)
+        return CtxkitRetriever(pipeline=self, k=k, **options)
 
-    def as_postprocessor(self, k: int | None = None) -> Any:
+    def as_postprocessor(self, k: int | None = None, **options: Any) -> Any:
         """This pipeline's stages as a LlamaIndex node postprocessor."""
         from .integrations.llama_index import CtxkitNodePostprocessor
 
-        return CtxkitNodePostprocessor(pipeline=self, k=k)
+        return CtxkitNodePostprocessor(pipeline=self, k=k, **options)
 
-    def as_compressor(self, k: int | None = None) -> Any:
+    def as_compressor(self, k: int | None = None, **options: Any) -> Any:
         """This pipeline's stages as a LangChain document compressor."""
         from .integrations.langchain import CtxkitCompressor
 
-        return CtxkitCompressor(pipeline=self, k=k)
+        return CtxkitCompressor(pipeline=self, k=k, **options)
 
-    def as_runnable(self, output: str = "documents", k: int | None = None) -> Any:
+    def as_runnable(self, output: str = "documents", k: int | None = None, **options: Any) -> Any:
         """This pipeline as a LangChain LCEL Runnable (output: "documents", "context" or "state")."""
         from .integrations.langchain import as_runnable
 
-        return as_runnable(self, output=output, k=k)  # type: ignore[arg-type]
+        return as_runnable(self, output=output, k=k, **options)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return "Pipeline([" + ", ".join(repr(s) for s in self.stages) + "])"

@@ -69,6 +69,13 @@ def test_documents_keep_every_stage_score_id_and_conflicts():
     assert "conflicts" not in next(d for d in docs if d.id == "fleming#0").metadata
 
 
+def test_score_stage_picks_the_main_score():
+    docs = _pipe().as_retriever(score_stage="keyword_retriever").invoke(QUERY)
+    assert all(d.metadata["score"] == d.metadata["scores"]["keyword_retriever"] for d in docs)
+    docs = CtxkitCompressor(pipeline=[ShortFirstRanker()], score_stage="nope").compress_documents(docs, QUERY)
+    assert all(d.metadata["score"] == d.metadata["scores"]["short_first_ranker"] for d in docs)
+
+
 def test_k_at_construction_and_per_call_sync_and_async():
     r = CtxkitRetriever(pipeline=_pipe(k=8), k=2)
     assert len(r.invoke(QUERY)) == 2

@@ -128,5 +128,7 @@ def test_pipeline_adapters():
     pipe = _pipe()
     assert isinstance(pipe.as_retriever(k=2, framework="llamaindex"), CtxkitLlamaRetriever)
     assert isinstance(pipe.as_postprocessor(k=2), CtxkitNodePostprocessor)
+    r = pipe.as_retriever(framework="llamaindex", score_stage="keyword_retriever")
+    assert all(n.score == n.node.metadata["scores"]["keyword_retriever"] for n in r.retrieve(QUERY))
     with pytest.raises(ConfigError, match="framework"):
         pipe.as_retriever(framework="haystack")

@@ -63,11 +63,16 @@ def check_k(k: Any, error: type[Exception] = InputError) -> int | None:
     return k
 
 
-def passage_annotations(state: ContextState, passage: Passage, rank: int) -> dict[str, Any]:
-    """Everything ctxkit knows about ``passage``: all stage scores, rank, conflicts, flags."""
+def passage_annotations(
+    state: ContextState, passage: Passage, rank: int, score_stage: str | None = None
+) -> dict[str, Any]:
+    """Everything ctxkit knows about ``passage``: all stage scores, rank, conflicts, flags.
+
+    ``score`` is the score of ``score_stage`` when given (and present), else the last stage's.
+    """
     meta: dict[str, Any] = {
         SCORES_KEY: dict(passage.scores),
-        SCORE_KEY: passage.score,
+        SCORE_KEY: main_score(passage, score_stage),
         RANK_KEY: rank,
     }
     if passage.doc_id is not None:
@@ -79,6 +84,13 @@ def passage_annotations(state: ContextState, passage: Passage, rank: int) -> dic
     if flags:
         meta[FLAGS_KEY] = flags
     return meta
+
+
+def main_score(passage: Passage, score_stage: str | None) -> float | None:
+    """The score of ``score_stage`` if the passage has it, else the most recent stage's score."""
+    if score_stage is not None and score_stage in passage.scores:
+        return passage.scores[score_stage]
+    return passage.score
 
 
 def passage_flags(state: ContextState, passage_id: str) -> list[str]:

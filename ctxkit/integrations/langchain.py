@@ -60,14 +60,19 @@ Output = Literal["state", "documents", "context"]
 
 
 # -- conversions -------------------------------------------------------------------------------
-def state_to_documents(state: ContextState, k: int | None = None) -> list[Document]:
-    """The state's passages (best first, at most ``k``) as LangChain documents with all scores."""
+def state_to_documents(
+    state: ContextState, k: int | None = None, score_stage: str | None = None
+) -> list[Document]:
+    """The state's passages (best first, at most ``k``) as LangChain documents with all scores.
+
+    ``metadata["score"]`` is ``score_stage``'s score when given, else the last stage's.
+    """
     passages = state.passages if k is None else state.passages[:k]
     return [
         Document(
             id=p.id,
             page_content=p.text,
-            metadata={**p.metadata, **_common.passage_annotations(state, p, rank)},
+            metadata={**p.metadata, **_common.passage_annotations(state, p, rank, score_stage)},
         )
         for rank, p in enumerate(passages)
     ]
@@ -110,10 +115,10 @@ def format_documents(documents: Sequence[Document], *, conflicts: bool = True) -
     return "\n".join(lines)
 
 
-def _output(state: ContextState, output: Output, k: int | None) -> Any:
+def _output(state: ContextState, output: Output, k: int | None, score_stage: str | None) -> Any:
     if output == "state":
         return state
-    docs = state_to_documents(state, k)
+    docs = state_to_documents(state, k, score_stage)
     return docs if output == "documents" else format_documents(docs)
 
 
@@ -127,6 +132,8 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         k: Documents to return at most (``None``: all the pipeline kept). Override per call with
             ``retriever.invoke(query, k=3)``. The pipeline's own stages bound how many candidates
             exist, so ``k`` larger than the last stage's ``k`` returns fewer documents.
+        score_stage: Stage whose score goes into ``metadata["score"]`` (default: the last
+            stage that scored the passage; e.g. pick the ranker when a conflict check runs last).
 
     The async path (``ainvoke``) awaits :meth:`ctxkit.Pipeline.arun`, whose stages never block
     the event loop.
@@ -136,6 +143,7 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
 
     pipeline: Any
     k: int | None = None
+    score_stage: str | None = None
 
     @field_validator("pipeline", mode="before")
     @classmethod
@@ -158,14 +166,14 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
     ) -> list[Document]:
         k = self._k_for(kwargs)
         state = self.pipeline.run(_common.query_text(query))
-        return state_to_documents(state, k)
+        return state_to_documents(state, k, self.score_stage)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k = self._k_for(kwargs)
         state = await self.pipeline.arun(_common.query_text(query))
-        return state_to_documents(state, k)
+        return state_to_documents(state, k, self.score_stage)
 
 
 # -- document compressor -----------------------------------------------------------------------
@@ -179,12 +187,14 @@ class CtxkitCompressor(_common.ValidatedInit, BaseDocumentCompressor):
     Args:
         pipeline: The stages to run (a Pipeline, a list of stages, one stage, a config).
         k: Documents to return at most (``None``: all the stages kept).
+        score_stage: Stage whose score goes into ``metadata["score"]`` (default: the last).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     pipeline: Any
     k: int | None = None
+    score_stage: str | None = None
 
     @field_validator("pipeline", mode="before")
     @classmethod
@@ -206,7 +216,7 @@ class CtxkitCompressor(_common.ValidatedInit, BaseDocumentCompressor):
         if not documents:
             return []
         state = self.pipeline.run(self._state(documents, query))
-        return state_to_documents(state, self.k)
+        return state_to_documents(state, self.k, self.score_stage)
 
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -215,7 +225,7 @@ class CtxkitCompressor(_common.ValidatedInit, BaseDocumentCompressor):
         if not documents:
             return []
         state = await self.pipeline.arun(self._state(documents, query))
-        return state_to_documents(state, self.k)
+        return state_to_documents(state, self.k, self.score_stage)
 
 
 # -- pipeline as a Runnable --------------------------------------------------------------------
@@ -229,12 +239,20 @@ class CtxkitRunnable(Runnable[Any, Any]):
     conflicts annotated).
     """
 
-    def __init__(self, pipeline: Any, *, output: Output = "documents", k: int | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        output: Output = "documents",
+        k: int | None = None,
+        score_stage: str | None = None,
+    ) -> None:
         if output not in ("state", "documents", "context"):
             raise ConfigError(f"output must be 'state', 'documents' or 'context', got {output!r}")
         self.pipeline = _common.to_pipeline(pipeline)
         self.output: Output = output
         self.k = _common.check_k(k, ConfigError)
+        self.score_stage = score_stage
 
     @property
     def InputType(self) -> Any:  # noqa: N802 (LangChain's name)
@@ -246,11 +264,11 @@ class CtxkitRunnable(Runnable[Any, Any]):
 
     def _run_batch(self, inputs: list[Any]) -> list[Any]:
         states = self.pipeline.batch([self._query(v) for v in inputs])
-        return [_output(s, self.output, self.k) for s in states]
+        return [_output(s, self.output, self.k, self.score_stage) for s in states]
 
     async def _arun_batch(self, inputs: list[Any]) -> list[Any]:
         states = await self.pipeline.abatch([self._query(v) for v in inputs])
-        return [_output(s, self.output, self.k) for s in states]
+        return [_output(s, self.output, self.k, self.score_stage) for s in states]
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(lambda x: self._run_batch([x])[0], input, config)
@@ -295,9 +313,11 @@ class CtxkitRunnable(Runnable[Any, Any]):
         return f"CtxkitRunnable({self.pipeline!r}, output={self.output!r}, k={self.k!r})"
 
 
-def as_runnable(pipeline: Any, *, output: Output = "documents", k: int | None = None) -> CtxkitRunnable:
+def as_runnable(
+    pipeline: Any, *, output: Output = "documents", k: int | None = None, score_stage: str | None = None
+) -> CtxkitRunnable:
     """A ctxkit pipeline as an LCEL Runnable (see :class:`CtxkitRunnable`)."""
-    return CtxkitRunnable(pipeline, output=output, k=k)
+    return CtxkitRunnable(pipeline, output=output, k=k, score_stage=score_stage)
 
 
 # -- chat model --------------------------------------------------------------------------------

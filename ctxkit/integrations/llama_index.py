@@ -67,16 +67,21 @@ def _annotate(node: TextNode, extra: dict[str, Any]) -> None:
         setattr(node, attr, keys)
 
 
-def state_to_nodes(state: ContextState, k: int | None = None) -> list[NodeWithScore]:
-    """The state's passages (best first, at most ``k``) as ``NodeWithScore`` with all scores."""
+def state_to_nodes(
+    state: ContextState, k: int | None = None, score_stage: str | None = None
+) -> list[NodeWithScore]:
+    """The state's passages (best first, at most ``k``) as ``NodeWithScore`` with all scores.
+
+    The node score is ``score_stage``'s score when given, else the last stage's.
+    """
     passages = state.passages if k is None else state.passages[:k]
     out = []
     for rank, p in enumerate(passages):
         node = TextNode(id_=p.id, text=p.text, metadata=dict(p.metadata))
         if p.doc_id is not None:
             node.metadata["doc_id"] = p.doc_id
-        _annotate(node, _common.passage_annotations(state, p, rank))
-        out.append(NodeWithScore(node=node, score=p.score))
+        _annotate(node, _common.passage_annotations(state, p, rank, score_stage))
+        out.append(NodeWithScore(node=node, score=_common.main_score(p, score_stage)))
     return out
 
 
@@ -110,6 +115,7 @@ class CtxkitLlamaRetriever(BaseRetriever):
         pipeline: A :class:`~ctxkit.Pipeline`, a list of stages, one stage, a config dict or a
             YAML path.
         k: Nodes to return at most (``None``: everything the pipeline kept).
+        score_stage: Stage whose score becomes the node score (default: the last stage's).
         callback_manager: LlamaIndex callback manager.
 
     ``aretrieve`` awaits :meth:`ctxkit.Pipeline.arun` (model work runs in worker threads, the
@@ -120,20 +126,22 @@ class CtxkitLlamaRetriever(BaseRetriever):
         self,
         pipeline: Any,
         k: int | None = None,
+        score_stage: str | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
         self.pipeline = _common.to_pipeline(pipeline)
         self.k = _common.check_k(k, ConfigError)
+        self.score_stage = score_stage
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         state = self.pipeline.run(_common.query_text(query_bundle.query_str))
-        return state_to_nodes(state, self.k)
+        return state_to_nodes(state, self.k, self.score_stage)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         state = await self.pipeline.arun(_common.query_text(query_bundle.query_str))
-        return state_to_nodes(state, self.k)
+        return state_to_nodes(state, self.k, self.score_stage)
 
     def retrieve_states(self, queries: Sequence[str]) -> list[ContextState]:
         """Batch-first: run all ``queries`` through the pipeline at once (full states)."""
@@ -150,12 +158,14 @@ class CtxkitNodePostprocessor(_common.ValidatedInit, BaseNodePostprocessor):
     Args:
         pipeline: The stages to run (a Pipeline, a list of stages, one stage, a config).
         k: Nodes to return at most (``None``: all the stages kept).
+        score_stage: Stage whose score becomes the node score (default: the last stage's).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     pipeline: Any = Field(description="the ctxkit stages to run")
     k: int | None = Field(default=None, description="nodes to return at most")
+    score_stage: str | None = Field(default=None, description="stage whose score is the node score")
 
     @field_validator("pipeline", mode="before")
     @classmethod
@@ -183,13 +193,13 @@ class CtxkitNodePostprocessor(_common.ValidatedInit, BaseNodePostprocessor):
         for rank, p in enumerate(passages):
             orig = by_id.get(p.id)
             if orig is None:  # a stage added a passage: make a fresh node for it
-                out.extend(state_to_nodes(ContextState(query=state.query, passages=[p])))
+                out.extend(state_to_nodes(ContextState(query=state.query, passages=[p]), None, self.score_stage))
                 continue
             node = orig.node.model_copy()
             if isinstance(node, TextNode) and node.text != p.text:
                 node.set_content(p.text)
-            _annotate(node, _common.passage_annotations(state, p, rank))
-            out.append(NodeWithScore(node=node, score=p.score))
+            _annotate(node, _common.passage_annotations(state, p, rank, self.score_stage))
+            out.append(NodeWithScore(node=node, score=_common.main_score(p, self.score_stage)))
         return out
 
     def _postprocess_nodes(
