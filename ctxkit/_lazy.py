@@ -20,6 +20,7 @@ _EXTRA_OF = {
     "matplotlib": "science",
     "sklearn": "science",
     "peft": "train",
+    "httpx": "openai",
 }
 
 

@@ -114,3 +114,12 @@ def test_non_serialisable_generator_says_what_to_do():
 
     with pytest.raises(ConfigError, match="spec dict"):
         GenerateAnswer(generator=Custom()).to_config()
+
+
+def test_generator_answer_convenience(tiny_llm_dir):
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu")
+    one = _states()[0]
+    ans = gen.answer(one, sampling={"max_new_tokens": 3})
+    assert isinstance(ans, str) and one.answer == ans and "<context>" in one.prompt
+    many = gen.answer(_states(), sampling={"max_new_tokens": 3}, max_passages=1)
+    assert len(many) == 3 and all(isinstance(a, str) for a in many)

@@ -146,6 +146,20 @@ class BaseGenerator:
         """Sum of log-probabilities of each continuation given its conversation."""
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 
+    def answer(self, state: Any, **stage_settings: Any) -> Any:
+        """Answer a ``ContextState`` (or a list of them) from its query and passages.
+
+        Uses :class:`~ctxkit.llm.GenerateAnswer` with ``stage_settings`` (template, system,
+        max_passages, sampling...); sets ``state.prompt`` and ``state.answer`` and returns the
+        answer (a list of answers for a list of states; ``None`` where generation failed).
+        """
+        from .stage import GenerateAnswer
+
+        states = state if isinstance(state, list) else [state]
+        GenerateAnswer(generator=self, **stage_settings)(states)
+        answers = [s.answer for s in states]
+        return answers if isinstance(state, list) else answers[0]
+
     def complete(self, prompts: list[str], **overrides: Any) -> list[str]:
         """Convenience: user prompts in, texts out (failed items give "")."""
         return [g.text for g in self.generate([as_messages(p) for p in prompts], **overrides)]

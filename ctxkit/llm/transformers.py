@@ -479,10 +479,10 @@ class TransformersGenerator(BaseGenerator):
             kwargs["tokenizer"] = tok
         if procs:
             kwargs["logits_processor"] = tf.LogitsProcessorList(procs)
-        if cfg.seed is not None:
-            torch.manual_seed(cfg.seed)
         dev = model.device
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():  # one generate at a time (global seed, memory)
+            if cfg.seed is not None:
+                torch.manual_seed(cfg.seed)
             out = model.generate(
                 input_ids=input_ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg, **kwargs
             )
@@ -557,7 +557,7 @@ class TransformersGenerator(BaseGenerator):
             for j, (_, r, _) in enumerate(chunk):  # right padding: positions stay natural
                 ids[j, : len(r)] = torch.tensor(r)
                 mask[j, : len(r)] = 1
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)
             for j, (i, r, n) in enumerate(chunk):
