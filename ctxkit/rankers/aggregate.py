@@ -79,6 +79,8 @@ class ReasonAggregate(BaseStage):
         weighting: ``"uniform"`` votes, or ``"score"``: each path's vote weighs the mean of the
             softmax-normalised last-stage scores of its items.
         template: Prompt with ``{context}``, ``{question}``, ``{options}``.
+        passage_format: How each item is written (``{i}`` 1-based, ``{text}``).
+        passage_separator: Text between items.
         sampling: Sampling for ``"generate"`` (default: temperature 0.7, 256 new tokens).
         seed: Seed of the path variations.
 
@@ -96,6 +98,8 @@ class ReasonAggregate(BaseStage):
     answer_mode: Literal["generate", "options"] = "generate"
     weighting: Literal["uniform", "score"] = "uniform"
     template: str = DEFAULT_COT_TEMPLATE
+    passage_format: str = "[{i}] {text}"
+    passage_separator: str = "\n\n"
     sampling: SamplingSettings | None = None
     seed: int = 0
 
@@ -166,7 +170,7 @@ class ReasonAggregate(BaseStage):
         return out
 
     def _messages(self, state: ContextState, items: list[Passage]) -> list[Message]:
-        ctx = "\n\n".join(f"[{i}] {p.text}" for i, p in enumerate(items, 1))
+        ctx = self.passage_separator.join(self.passage_format.format(i=i, text=p.text) for i, p in enumerate(items, 1))
         opts = state.metadata.get("options") or []
         opt_txt = "".join(f"\n{_LETTERS[i]}. {o}" for i, o in enumerate(opts))
         user = self.template.format(context=ctx, question=state.query, options=opt_txt)

@@ -110,6 +110,10 @@ class FeedbackRanker(BaseStage):
         lr: Adam learning rate.
         weight_decay: L2 regularisation.
         temperature: Softmax temperature of the ListNet targets.
+        validation: Fraction of query groups held out for early stopping (0: train all epochs).
+            The best weights on them are kept; with feedback that carries no signal this is the
+            untrained start, so the pre-ranking order is kept instead of fitting noise.
+        patience: Epochs without validation improvement before stopping.
         seed: Seed of initialisation and training (same seed, same data: identical weights).
     """
 
@@ -130,6 +134,8 @@ class FeedbackRanker(BaseStage):
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(1.0, gt=0)
+    validation: float = Field(0.2, ge=0, lt=1)
+    patience: int = Field(10, gt=0)
     seed: int = 0
 
     _net: Any = PrivateAttr(default=None)
@@ -258,6 +264,8 @@ class FeedbackRanker(BaseStage):
         return groups, targets
 
     def _train(self, groups: list[tuple[str, list[Passage]]], targets: list[np.ndarray], epochs: int) -> list[float]:
+        """Mini-batch training; with ``validation`` > 0, early stopping on held-out query groups
+        (the best weights are kept, which can be the untrained start: no signal, no change)."""
         torch = require("torch")
         t = self._padded(groups, self._keys or [])
         tgt = np.zeros(t["mask"].shape, np.float32)
@@ -266,27 +274,54 @@ class FeedbackRanker(BaseStage):
         tgt_t = torch.from_numpy(tgt)
         gen = torch.Generator().manual_seed(self.seed + self._n_lists)
         n = len(groups)
-        bs = max(1, min(n, 256))
+        order = torch.randperm(n, generator=gen)
+        n_val = int(round(self.validation * n)) if n >= 5 else 0
+        val_idx, train_idx = order[:n_val], order[n_val:]
+
+        def loss_of(idx: Any) -> Any:
+            batch = {k: v[idx] for k, v in t.items()}
+            s = self._forward(batch)
+            if self.loss == "listnet":
+                return listnet_loss(s, tgt_t[idx], batch["mask"], self.temperature)
+            return plackett_luce_loss(s, tgt_t[idx], batch["mask"])
+
+        def val_loss() -> float:
+            self._net.eval()
+            with torch.no_grad():
+                v = float(loss_of(val_idx))
+            self._net.train()
+            return v
+
+        best = val_loss() if n_val else float("inf")
+        best_state = {k: v.clone() for k, v in self._net.state_dict().items()}
+        bad = 0
+        bs = max(1, min(len(train_idx), 256))
         history = []
         self._net.train()
         from tqdm.auto import trange
 
         for _ in trange(epochs, desc="feedback_ranker", disable=epochs * n < 20000, leave=False):
-            perm = torch.randperm(n, generator=gen)
+            perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
             total = 0.0
-            for i in range(0, n, bs):
+            for i in range(0, len(perm), bs):
                 idx = perm[i : i + bs]
-                batch = {k: v[idx] for k, v in t.items()}
-                s = self._forward(batch)
-                if self.loss == "listnet":
-                    loss = listnet_loss(s, tgt_t[idx], batch["mask"], self.temperature)
-                else:
-                    loss = plackett_luce_loss(s, tgt_t[idx], batch["mask"])
+                loss = loss_of(idx)
                 self._opt.zero_grad()
                 loss.backward()
                 self._opt.step()
                 total += float(loss.detach()) * len(idx)
-            history.append(total / n)
+            history.append(total / max(len(perm), 1))
+            if n_val:
+                v = val_loss()
+                if v < best - 1e-4:
+                    best, bad = v, 0
+                    best_state = {k: x.clone() for k, x in self._net.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= self.patience:
+                        break
+        if n_val:
+            self._net.load_state_dict(best_state)
         self._net.eval()
         return history
 

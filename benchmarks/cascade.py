@@ -1,0 +1,521 @@
+"""Pistis-RAG cascade benchmarks.
+
+Parts (``--parts sim,speed,trecdl,mmlu``; default all):
+
+* ``sim``: seeded simulation of users whose reward depends on a hidden item trait and on position.
+  Pre-ranked order vs a FeedbackRanker trained on the logged feedback vs a placebo trained on the
+  same lists with shuffled rewards, over several seeds. No models.
+* ``speed``: 50 queries x 50 candidates (BM25 top-50 from the TREC DL 2019 5000-passage corpus),
+  re-ranked by ctxkit's CrossEncoderPreRanker vs LangChain ContextualCompressionRetriever +
+  CrossEncoderReranker (HuggingFaceCrossEncoder) and LlamaIndex SentenceTransformerRerank, same
+  cross-encoder weights (MiniLM-L6 architecture from the offline all-MiniLM-L6-v2 with an untrained
+  1-label head: same cost as ms-marco-MiniLM-L-6-v2). queries/s and top-10 overlap with the fp32
+  LangChain peer. Peers are skipped when their packages are missing (e.g. on a GPU box).
+* ``trecdl``: nDCG@10 on TREC DL 2019 of hybrid matching alone vs matching -> bi-encoder
+  pre-ranking (full passage text).
+* ``mmlu``: MMLU as RAG with the offline SmolLM2-135M-Instruct, answers scored by option
+  likelihood: zero-shot, matching + pre-ranking demonstrations, + FeedbackRanker trained from
+  LLM-preference labels, + reasoning & aggregating (voted paths).
+
+Usage::
+
+    python benchmarks/cascade.py --out results.json [--parts sim,speed] [--data ../shared/data]
+    python benchmarks/cascade.py --parts speed --device cuda --out gpu.json   # on a GPU machine
+
+Results are merged into ``--out`` (existing keys of other parts are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from ctxkit import ContextState, Passage  # noqa: E402
+from ctxkit.rankers import FeedbackRanker, FeedbackStore  # noqa: E402
+from ctxkit.rankers.feedback import ShownList  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def log(msg: str) -> None:
+    print(f"[cascade {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# simulation
+# ---------------------------------------------------------------------------------------------
+SIM = dict(train_queries=300, test_queries=200, candidates=30, pool=15, shown=5, lists_per_query=4,
+           trait_rate=0.3, w_visible=0.3, w_trait=1.0, noise=0.5)
+
+
+def _position_weight(pos: int) -> float:
+    return 1.0 / math.log2(pos + 2)
+
+
+def _sim_queries(rng: np.random.Generator, n: int, tag: str) -> list[dict]:
+    out = []
+    for q in range(n):
+        vis = rng.normal(size=SIM["candidates"])
+        trait = (rng.random(SIM["candidates"]) < SIM["trait_rate"]).astype(float)
+        out.append({"query": f"{tag} {q}", "visible": vis, "trait": trait})
+    return out
+
+
+def _sim_candidates(q: dict) -> list[Passage]:
+    """The pre-ranker's top ``pool`` (by visible relevance, plus its own estimation noise)."""
+    order = np.argsort(-q["visible"], kind="stable")[: SIM["pool"]]
+    return [Passage(id=f"{q['query']}#{i}", text=f"item {i}", metadata={"trait": float(q["trait"][i]), "i": int(i)},
+                    scores={"prerank": float(q["visible"][i])}) for i in order]
+
+
+def _usefulness(q: dict, p: Passage) -> float:
+    i = p.metadata["i"]
+    return SIM["w_visible"] * q["visible"][i] + SIM["w_trait"] * q["trait"][i]
+
+
+def _list_value(q: dict, shown: list[Passage]) -> float:
+    return sum(_position_weight(k) * _usefulness(q, p) for k, p in enumerate(shown))
+
+
+def simulate(seeds: int, workdir: Path) -> dict:
+    res = {"preranked": [], "trained": [], "placebo": [], "oracle": []}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        train, test = _sim_queries(rng, SIM["train_queries"], "train"), _sim_queries(rng, SIM["test_queries"], "test")
+        store = FeedbackStore(workdir / f"sim_{seed}.sqlite")
+        logged: list[tuple[ContextState, float]] = []
+        with store.transaction():
+            for q in train:
+                cands = _sim_candidates(q)
+                for _ in range(SIM["lists_per_query"]):  # exploration: random subsets in random order
+                    shown = [cands[j] for j in rng.choice(len(cands), SIM["shown"], replace=False)]
+                    st = ContextState(query=q["query"], passages=shown)
+                    reward = _list_value(q, shown) + rng.normal(scale=SIM["noise"])
+                    store.record_list(st, source="simulated")
+                    store.record_event(st.trace.list_id, float(reward))
+                    logged.append((st, float(reward)))
+        lists = store.lists()
+        rewards = [sl.reward for sl in lists]
+        perm = np.random.default_rng(seed + 1000).permutation(len(rewards))
+        placebo_lists = [ShownList(sl.list_id, sl.query, sl.items, [rewards[j]]) for sl, j in zip(lists, perm, strict=True)]
+        settings = dict(k=SIM["shown"], use_embeddings=False, metadata_features=["trait"], epochs=60, seed=seed)
+        trained, placebo = FeedbackRanker(**settings), FeedbackRanker(**settings)
+        trained.fit(lists)
+        placebo.fit(placebo_lists)
+
+        def value(ranker: FeedbackRanker | None) -> float:
+            states = [ContextState(query=q["query"], passages=_sim_candidates(q)) for q in test]
+            if ranker is not None:
+                ranker(states)
+            return float(np.mean([_list_value(q, s.passages[: SIM["shown"]]) for q, s in zip(test, states, strict=True)]))
+
+        oracle = float(np.mean([_list_value(q, sorted(_sim_candidates(q), key=lambda p: -_usefulness(q, p))[: SIM["shown"]]) for q in test]))
+        row = {"preranked": value(None), "trained": value(trained), "placebo": value(placebo), "oracle": oracle}
+        for k, v in row.items():
+            res[k].append(v)
+        log(f"sim seed {seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    out = {k: round(statistics.fmean(v), 4) for k, v in res.items()}
+    out.update({f"{k}_std": round(statistics.stdev(v), 4) for k, v in res.items()})
+    out["seeds"] = seeds
+    out["per_seed"] = {k: [round(x, 4) for x in v] for k, v in res.items()}
+    out["setup"] = SIM
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# data helpers
+# ---------------------------------------------------------------------------------------------
+def load_trecdl(folder: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    corpus = {}
+    with open(folder / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            corpus[str(r["_id"])] = (r.get("title") or "", r["text"])
+    qrels: dict[str, dict[str, int]] = {}
+    with open(folder / "qrels" / "test.tsv", encoding="utf-8") as f:
+        for line in f:
+            parts = line.strip().split("\t")
+            if len(parts) >= 3 and parts[2].lstrip("-").isdigit():
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    queries = {}
+    with open(folder / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if str(r["_id"]) in qrels:
+                queries[str(r["_id"])] = r["text"]
+    return corpus, queries, qrels
+
+
+def ndcg10(ranked: list[str], rel: dict[str, int]) -> float:
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
+    ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:10]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def doc_ids(passages: list[Passage]) -> list[str]:
+    seen: list[str] = []
+    for p in passages:
+        d = p.doc_id or p.id
+        if d not in seen:
+            seen.append(d)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# speed
+# ---------------------------------------------------------------------------------------------
+def make_cross_encoder(out: Path) -> Path:
+    """A MiniLM-L6 cross-encoder (1-label head, untrained) from the offline all-MiniLM-L6-v2.
+
+    Falls back to a random-weight model of the same architecture with a WordPiece tokenizer
+    trained on the corpus when the offline MiniLM is absent (e.g. a bare GPU machine): same cost.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    try:
+        from ctxkit.models import resolve_model
+
+        src = resolve_model("default", "embedder").path
+        ce = CrossEncoder(src, num_labels=1, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any reason the offline copy is unusable
+        log(f"offline MiniLM unavailable ({exc}); building a random MiniLM-architecture cross-encoder")
+        from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+        out.mkdir(parents=True, exist_ok=True)
+        from tokenizers import BertWordPieceTokenizer
+
+        wp = BertWordPieceTokenizer(lowercase=True)
+        wp.train_from_iterator(_SPEED_TEXTS or ["empty corpus"], vocab_size=30522)
+        wp.save_model(str(out))
+        tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
+        cfg = BertConfig(vocab_size=len(tok), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536, num_labels=1)
+        BertForSequenceClassification(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+        ce = CrossEncoder(str(out), device="cpu")
+    ce.save(str(out))
+    return out
+
+
+_SPEED_TEXTS: list[str] = []
+
+
+def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_cands: int = 50, repeats: int = 2) -> dict:
+    import torch
+
+    from ctxkit.rankers import CrossEncoderPreRanker
+
+    folder = data / "retrieval" / "msmarco_trecdl2019" if data else None
+    if folder and (folder / "corpus.jsonl").exists():
+        import bm25s
+
+        corpus, queries, _ = load_trecdl(folder)
+        ids = list(corpus)
+        texts = [corpus[i][1] for i in ids]
+        retr = bm25s.BM25()
+        retr.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        qids = list(queries)[:n_queries]
+        qtexts = [queries[q] for q in qids]
+        res, _ = retr.retrieve(bm25s.tokenize(qtexts, stopwords="en", show_progress=False), k=n_cands, show_progress=False)
+        cands = [[(ids[j], texts[j]) for j in row] for row in res]
+        source = "TREC DL 2019 corpus, BM25 top-50"
+    else:
+        log("TREC DL data absent: synthetic queries/passages of MS MARCO-like lengths")
+        rng = random.Random(0)
+        vocab = [f"w{i}" for i in range(3000)]
+        qtexts = [" ".join(rng.choices(vocab, k=6)) for _ in range(n_queries)]
+        cands = [[(f"q{q}d{j}", " ".join(rng.choices(vocab, k=rng.randint(40, 90)))) for j in range(n_cands)] for q in range(n_queries)]
+        source = "synthetic"
+    _SPEED_TEXTS[:] = [t for c in cands for _, t in c]
+    model_dir = make_cross_encoder(workdir / "minilm_cross_encoder")
+    out: dict = {"queries": len(qtexts), "candidates": n_cands, "source": source, "device": device,
+                 "torch_threads": torch.get_num_threads()}
+    tops: dict[str, list[list[str]]] = {}
+
+    def timed(name: str, fn) -> float:
+        fn(qtexts[:2])  # warm-up
+        best = float("inf")
+        result = None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = fn(qtexts)
+            best = min(best, time.perf_counter() - t0)
+        tops[name] = result
+        qps = len(qtexts) / best
+        out[f"{name}_qps"] = round(qps, 2)
+        log(f"speed {name}: {qps:.2f} queries/s ({best:.2f} s)")
+        return qps
+
+    cand_of = {q: c for q, c in zip(qtexts, cands, strict=True)}
+
+    def ctxkit_fn(precision: str):
+        stage = CrossEncoderPreRanker(model=str(model_dir), k=10, device=device, precision=precision, batch_size=64)
+        stage._ensure_warm()
+
+        def run(qs: list[str]) -> list[list[str]]:
+            states = [ContextState(query=q, passages=[Passage(id=i, text=t) for i, t in cand_of[q]]) for q in qs]
+            stage(states)
+            return [[p.id for p in s.passages] for s in states]
+
+        return run
+
+    # peers (optional)
+    try:
+        from langchain_classic.retrievers import ContextualCompressionRetriever
+        from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+        from langchain_community.cross_encoders import HuggingFaceCrossEncoder
+        from langchain_core.documents import Document
+        from langchain_core.retrievers import BaseRetriever
+
+        class Fixed(BaseRetriever):
+            def _get_relevant_documents(self, query: str, *, run_manager=None) -> list[Document]:  # type: ignore[override]
+                return [Document(page_content=t, metadata={"id": i}) for i, t in cand_of[query]]
+
+        lc = ContextualCompressionRetriever(
+            base_compressor=CrossEncoderReranker(
+                model=HuggingFaceCrossEncoder(model_name=str(model_dir), model_kwargs={"device": device}), top_n=10),
+            base_retriever=Fixed())
+        timed("langchain", lambda qs: [[d.metadata["id"] for d in lc.invoke(q)] for q in qs])
+    except ImportError as exc:
+        log(f"LangChain peer skipped: {exc}")
+    try:
+        from llama_index.core.postprocessor import SentenceTransformerRerank
+        from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+        li = SentenceTransformerRerank(model=str(model_dir), top_n=10, device=device)
+
+        def li_run(qs: list[str]) -> list[list[str]]:
+            outs = []
+            for q in qs:
+                nodes = [NodeWithScore(node=TextNode(text=t, id_=i), score=0.0) for i, t in cand_of[q]]
+                outs.append([n.node.node_id for n in li.postprocess_nodes(nodes, query_bundle=QueryBundle(q))])
+            return outs
+
+        timed("llamaindex", li_run)
+    except ImportError as exc:
+        log(f"LlamaIndex peer skipped: {exc}")
+
+    timed("ctxkit_fp32", ctxkit_fn("fp32"))
+    fast = "fp16" if device.startswith("cuda") else "bf16"
+    timed(f"ctxkit_{fast}", ctxkit_fn(fast))
+    out["ctxkit_qps"] = out[f"ctxkit_{fast}_qps"]
+    out["ctxkit_precision"] = fast
+    ref = tops.get("langchain") or tops.get("llamaindex") or tops["ctxkit_fp32"]
+    out["overlap_reference"] = "langchain" if "langchain" in tops else "llamaindex" if "llamaindex" in tops else "ctxkit_fp32"
+
+    def overlap(a: list[list[str]]) -> float:
+        return round(statistics.fmean(len(set(x[:10]) & set(y[:10])) / 10 for x, y in zip(a, ref, strict=True)), 4)
+
+    out["overlap@10"] = overlap(tops[f"ctxkit_{fast}"])
+    out["overlap@10_fp32"] = overlap(tops["ctxkit_fp32"])
+    peers = [out[k] for k in ("langchain_qps", "llamaindex_qps") if k in out]
+    if peers:
+        out["speedup_vs_faster_peer"] = round(out["ctxkit_qps"] / max(peers), 2)
+    if device.startswith("cuda"):
+        out["device_name"] = torch.cuda.get_device_name(0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# TREC DL quality
+# ---------------------------------------------------------------------------------------------
+def trecdl(data: Path, workdir: Path, device: str) -> dict:
+    from ctxkit import Pipeline
+    from ctxkit.rankers import BiEncoderPreRanker
+    from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, Index
+    from ctxkit.retrievers.index import Document
+
+    folder = data / "retrieval" / "msmarco_trecdl2019"
+    corpus, queries, qrels = load_trecdl(folder)
+    idx_path = workdir / "trecdl_index"
+    idx = Index(idx_path)
+    if not (workdir / "trecdl_index.done").exists():
+        log(f"ingesting {len(corpus)} passages")
+        idx.add([Document(id=i, text=t, title=ti) for i, (ti, t) in corpus.items()], show_progress=True, total=len(corpus))
+        (workdir / "trecdl_index.done").write_text("ok")
+    idx.close()
+    hybrid = HybridRetriever(retrievers=[ChromaRetriever(path=str(idx_path), k=200, device=device),
+                                         BM25Retriever(path=str(idx_path), k=200)], k=200, candidates=200)
+    qids = list(queries)
+    matching = Pipeline([hybrid]).batch([queries[q] for q in qids])
+    m_ndcg = statistics.fmean(ndcg10(doc_ids(s.passages), qrels[q]) for q, s in zip(qids, matching, strict=True))
+    cascade = Pipeline([hybrid, BiEncoderPreRanker(k=50, device=device)]).batch([queries[q] for q in qids])
+    c_ndcg = statistics.fmean(ndcg10(doc_ids(s.passages), qrels[q]) for q, s in zip(qids, cascade, strict=True))
+    timing = {r.stage: round(statistics.fmean(s.trace.stages[i].seconds for s in cascade) * 1000, 1)
+              for i, r in enumerate(cascade[0].trace.stages)}
+    log(f"trecdl: matching {m_ndcg:.4f}, cascade {c_ndcg:.4f}")
+    return {"matching": round(m_ndcg, 4), "cascade": round(c_ndcg, 4), "queries": len(qids),
+            "stages": "hybrid(200) -> bi_encoder(50)", "ms_per_query": timing}
+
+
+# ---------------------------------------------------------------------------------------------
+# MMLU as RAG
+# ---------------------------------------------------------------------------------------------
+LETTERS = "ABCD"
+MMLU_TEMPLATE = "The following are multiple choice questions (with answers).\n\n{context}\n\n{question}{options}"
+
+
+def _mmlu_rows(path: Path, subject: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        r = csv.reader(f)
+        header = next(r)
+        for row in r:
+            if len(row) < 6:
+                continue
+            d = dict(zip(header, row, strict=False))
+            ans = d["answer"].strip()
+            ans = LETTERS[int(ans)] if ans.isdigit() else ans
+            rows.append({"question": d["question"], "options": [d[f"choice{i}"] for i in range(4)], "answer": ans, "subject": subject})
+    return rows
+
+
+def _demo_text(r: dict) -> str:
+    opts = "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(r["options"]))
+    return f"{r['question']}{opts}\nAnswer: {r['answer']}"
+
+
+def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int, demos: int, paths: int) -> dict:
+    import bm25s
+
+    from ctxkit.llm import get_generator
+    from ctxkit.rankers import BiEncoderPreRanker, ReasonAggregate, llm_preference_labels
+    from ctxkit.rankers.preference import PreferenceTemplate
+
+    folder = data / "mmlu"
+    dev, test = [], []
+    for f in sorted((folder / "dev").glob("*.csv")):
+        dev += _mmlu_rows(f, f.name.replace("_dev.csv", ""))
+    for f in sorted((folder / "test").glob("*.csv")):
+        test += _mmlu_rows(f, f.name.replace("_test.csv", ""))
+    rng = random.Random(seed)
+    rng.shuffle(test)
+    questions, train_q, store_rows = test[:n], test[n : n + n_train], dev + test[n + n_train : n + n_train + 3000]
+    log(f"mmlu: {len(questions)} questions, {len(train_q)} preference-label questions, store of {len(store_rows)} demos")
+    texts = [_demo_text(r) for r in store_rows]
+    retr = bm25s.BM25()
+    retr.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+
+    def matched(rows: list[dict]) -> list[ContextState]:
+        qs = [r["question"] + " " + " ".join(r["options"]) for r in rows]
+        res, sc = retr.retrieve(bm25s.tokenize(qs, stopwords="en", show_progress=False), k=30, show_progress=False)
+        out = []
+        for r, ids, ss in zip(rows, res, sc, strict=True):
+            ps = [Passage(id=f"demo{j}", text=texts[j], scores={"bm25": float(s)}) for j, s in zip(ids, ss, strict=True)]
+            out.append(ContextState(query=r["question"], passages=ps, metadata={"options": r["options"], "answer": r["answer"]}))
+        return out
+
+    pre = BiEncoderPreRanker(k=10, device=device)
+    q_states = pre(matched(questions))
+    t_states = pre(matched(train_q))
+    gen = get_generator("default", device=device, batch_size=8)
+    mk = dict(generator=gen, answer_mode="options", template=MMLU_TEMPLATE, passage_format="{text}")
+
+    def accuracy(states: list[ContextState], k_items: int | None, n_paths: int = 1) -> float:
+        stage = ReasonAggregate(n_paths=n_paths, items_per_path=k_items, variation="both", seed=seed, **mk)
+        copies = [s.model_copy(deep=True) for s in states]
+        if k_items == 0:
+            for c in copies:
+                c.passages = []
+        t0 = time.perf_counter()
+        stage(copies)
+        acc = statistics.fmean(c.answer == c.metadata["answer"] for c in copies)
+        log(f"mmlu accuracy {acc:.3f} (items={k_items}, paths={n_paths}, {time.perf_counter() - t0:.0f} s)")
+        return acc
+
+    out: dict = {"n": len(questions), "seed": seed, "demos": demos, "model": "SmolLM2-135M-Instruct (offline)",
+                 "store": len(store_rows), "train_questions": len(train_q)}
+    out["zero_shot"] = round(accuracy(q_states, 0), 4)
+    out["preranked"] = round(accuracy(q_states, demos), 4)
+    # LLM-preference labels on the training questions -> train the ranker
+    tpl = PreferenceTemplate(prompt="The following are multiple choice questions (with answers).\n\n{context}\n\n{question}",
+                             answer=" {answer}")
+    for s in t_states:
+        s.query = s.query + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(s.metadata["options"])) + "\nAnswer:"
+    store = FeedbackStore(workdir / f"mmlu_pref_{seed}.sqlite")
+    t0 = time.perf_counter()
+    info = llm_preference_labels(gen, t_states, store, n_lists=4, list_size=demos, pool=10, seed=seed)
+    log(f"preference labels: {info['lists']} lists in {time.perf_counter() - t0:.0f} s, mean gain {info['mean_reward']:.3f}")
+    ranker = FeedbackRanker(k=max(demos, 5), use_embeddings=True, epochs=100, seed=seed)
+    fit = ranker.fit(store)
+    out["preference_lists"] = info["lists"]
+    out["ranker_groups"] = fit["groups"]
+    ranked = ranker([s.model_copy(deep=True) for s in q_states])
+    out["ranked"] = round(accuracy(ranked, demos), 4)
+    out["aggregated"] = round(accuracy(ranked, demos, n_paths=paths), 4)
+    out["paths"] = paths
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results.json")
+    ap.add_argument("--parts", default="sim,speed,trecdl,mmlu")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workdir", default=None, help="cache folder for indexes/models (default: a temp dir)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--mmlu-n", type=int, default=100)
+    ap.add_argument("--mmlu-train", type=int, default=40)
+    ap.add_argument("--mmlu-demos", type=int, default=3)
+    ap.add_argument("--mmlu-paths", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    data = Path(args.data)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ctxkit_cascade_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device}
+    have_data = data.exists()
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "sim":
+            results["simulation"] = simulate(args.seeds, workdir)
+        elif part == "speed":
+            results["speed" if args.device == "cpu" else f"speed_{args.device.split(':')[0]}"] = speed(
+                data if have_data else None, workdir, args.device)
+        elif part in ("trecdl", "mmlu"):
+            if not have_data:
+                log(f"{part}: data folder {data} not found; skipping (pass --data)")
+                continue
+            if part == "trecdl":
+                results["trecdl"] = trecdl(data, workdir, args.device)
+            else:
+                results["mmlu"] = mmlu(data, workdir, args.device, args.mmlu_n, args.mmlu_train, args.seed,
+                                       args.mmlu_demos, args.mmlu_paths)
+        else:
+            ap.error(f"unknown part {part!r}")
+        results.setdefault("seconds", {})[part] = round(time.perf_counter() - t0, 1)
+        out_path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
