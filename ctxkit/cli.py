@@ -20,7 +20,9 @@ __all__ = ["main", "build_parser"]
 
 _COMMAND_MODULES = [
     "ctxkit.quickstart",
+    "ctxkit.retrievers.cli",
     "ctxkit.llm.cli",
+    "ctxkit.faithfulness.cli",
 ]
 
 
