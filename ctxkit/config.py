@@ -37,6 +37,15 @@ _BUILTIN: dict[str, str] = {
     "bm25": "ctxkit.retrievers.bm25:BM25Retriever",
     "hybrid": "ctxkit.retrievers.hybrid:HybridRetriever",
     "generate": "ctxkit.llm.stage:GenerateAnswer",
+    # FaithfulRAG and LLM-free conflict records
+    "conflict_check": "ctxkit.faithfulness.conflicts:ConflictCheck",
+    "self_knowledge": "ctxkit.faithfulness.faithfulrag:SelfKnowledge",
+    "self_context": "ctxkit.faithfulness.faithfulrag:SelfContext",
+    "fact_extraction": "ctxkit.faithfulness.faithfulrag:FactExtraction",
+    "self_facts": "ctxkit.faithfulness.faithfulrag:SelfFacts",
+    "fact_aligner": "ctxkit.faithfulness.faithfulrag:FactAligner",
+    "self_think_answer": "ctxkit.faithfulness.faithfulrag:SelfThinkAnswer",
+    "faithful_rag": "ctxkit.faithfulness.faithfulrag:FaithfulRAG",
     # Pistis-RAG cascade (pre-ranking, ranking, arrangement, reasoning & aggregating)
     "bi_encoder": "ctxkit.rankers.prerank:BiEncoderPreRanker",
     "cross_encoder": "ctxkit.rankers.prerank:CrossEncoderPreRanker",
@@ -44,6 +53,7 @@ _BUILTIN: dict[str, str] = {
     "arrange": "ctxkit.rankers.arrange:Arranger",
     "record_feedback": "ctxkit.rankers.record:RecordFeedback",
     "reason_aggregate": "ctxkit.rankers.aggregate:ReasonAggregate",
+    "rw_steering": "ctxkit.faithfulness.steering:SteeringFilter",
 }
 
 _RUNTIME: dict[str, type] = {}

@@ -1,0 +1,476 @@
+"""Inappropriate-item detectors: which items of a context list should the model not use?
+
+Two detectors share one interface, ``score(queries, item_lists) -> list[np.ndarray]`` (a
+probability of "inappropriate" per item):
+
+* :class:`SetDetector` — a small trained head on MiniLM embeddings that sees the *set*: each
+  item is described by its similarity to the query and to the other items and by a two-cluster
+  split of the list (inappropriate items paraphrase each other and form their own tight cluster
+  that disagrees with the evidence; a per-item classifier cannot see that). Exact duplicates are
+  merged before the set features are computed, so how often an item is repeated is not a signal.
+  The head (a standardiser and an MLP or logistic regression) is trained with scikit-learn and
+  saved as a small JSON file; :func:`default_detector` loads the one shipped with ctxkit (trained
+  on the public RW-Steering pools by ``benchmarks/steering.py --export-head``).
+* :class:`LLMDetector` — asks a generator to name the inappropriate items
+  (``"inappropriate: 2, 5; use: 1, 3, 4"``), one batched generator call for all lists; with a
+  model fine-tuned by :mod:`ctxkit.faithfulness.steer_train` this is its stage-1 identification.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import InputError, ModelNotAvailableError
+
+__all__ = [
+    "ItemDetector",
+    "SetDetector",
+    "LLMDetector",
+    "set_features",
+    "FEATURE_NAMES",
+    "parse_identification",
+    "format_items",
+    "IDENTIFY_TEMPLATE",
+    "default_detector",
+    "DEFAULT_HEAD",
+]
+
+DEFAULT_HEAD = "steering_head.json"
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "sim_query", "sim_query_z", "sim_query_minus_max", "mean_sim_others", "max_sim_others",
+    "sim_centroid", "cluster_frac", "intra_own", "intra_other", "intra_gap", "cross",
+    "query_gap", "centroid_margin", "own_minus_cross", "max_minus_mean", "cluster_query_rank",
+    "close_frac", "max_sim_others_z", "mean_sim_others_z",
+)
+
+
+@runtime_checkable
+class ItemDetector(Protocol):
+    """Scores context items as inappropriate (probability per item)."""
+
+    def score(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
+
+
+def _two_means(u: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Deterministic 2-means on unit vectors, seeded with the least similar pair."""
+    m = len(u)
+    i, j = np.unravel_index(np.argmin(s + np.eye(m) * 9), s.shape)
+    cents = np.stack([u[i], u[j]])
+    lab = np.zeros(m, dtype=int)
+    for _ in range(8):
+        new = np.argmax(u @ cents.T, axis=1)
+        if new.min() == new.max():  # keep two clusters: the seed j stays in cluster 1
+            new[j] = 1
+            new[i] = 0
+        if np.array_equal(new, lab):
+            break
+        lab = new
+        cents = np.stack([u[lab == k].mean(0) for k in (0, 1)])
+        cents /= np.linalg.norm(cents, axis=1, keepdims=True) + 1e-9
+    return lab
+
+
+def _mean_block(s: np.ndarray, a: np.ndarray, b: np.ndarray, same: bool) -> float:
+    block = s[np.ix_(a, b)]
+    if same:
+        n = len(a)
+        if n < 2:
+            return 1.0
+        return float((block.sum() - np.trace(block)) / (n * (n - 1)))
+    return float(block.mean()) if block.size else 0.0
+
+
+def set_features(query_emb: np.ndarray, item_embs: np.ndarray) -> np.ndarray:
+    """Set-level features of each (unique) item given the query and the other items.
+
+    Args:
+        query_emb: ``(d,)`` unit vector.
+        item_embs: ``(m, d)`` unit vectors of the *distinct* items of one list.
+
+    Returns:
+        ``(m, len(FEATURE_NAMES))`` float32 array.
+    """
+    u = np.asarray(item_embs, dtype=np.float64)
+    m = len(u)
+    sq = u @ query_emb
+    f = np.zeros((m, len(FEATURE_NAMES)))
+    f[:, 0] = sq
+    if m == 1:
+        f[:, 5] = 1.0
+        f[:, 6] = 1.0
+        f[:, 7] = 1.0
+        f[:, 13] = 1.0
+        return f.astype(np.float32)
+    s = u @ u.T
+    f[:, 1] = (sq - sq.mean()) / (sq.std() + 1e-6)
+    f[:, 2] = sq - sq.max()
+    f[:, 3] = (s.sum(1) - 1.0) / (m - 1)
+    f[:, 4] = (s - 3 * np.eye(m)).max(1)
+    c = u.mean(0)
+    f[:, 5] = u @ c / (np.linalg.norm(c) + 1e-9)
+    lab = _two_means(u, s)
+    idx = [np.flatnonzero(lab == k) for k in (0, 1)]
+    intra = [_mean_block(s, idx[k], idx[k], True) for k in (0, 1)]
+    cross = _mean_block(s, idx[0], idx[1], False)
+    qmean = [float(sq[idx[k]].mean()) for k in (0, 1)]
+    cents = np.stack([u[idx[k]].mean(0) for k in (0, 1)])
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True) + 1e-9
+    csim = u @ cents.T
+    for k in (0, 1):
+        o = 1 - k
+        rows = idx[k]
+        f[rows, 6] = len(rows) / m
+        f[rows, 7] = intra[k]
+        f[rows, 8] = intra[o]
+        f[rows, 9] = intra[k] - intra[o]
+        f[rows, 10] = cross
+        f[rows, 11] = qmean[k] - qmean[o]
+        f[rows, 12] = csim[rows, k] - csim[rows, o]
+        f[rows, 13] = intra[k] - cross
+        f[rows, 15] = float(qmean[k] >= qmean[o])
+    f[:, 14] = f[:, 4] - f[:, 3]
+    f[:, 16] = ((s - 3 * np.eye(m)) >= 0.7).sum(1) / (m - 1)
+    f[:, 17] = (f[:, 4] - f[:, 4].mean()) / (f[:, 4].std() + 1e-6)
+    f[:, 18] = (f[:, 3] - f[:, 3].mean()) / (f[:, 3].std() + 1e-6)
+    return f.astype(np.float32)
+
+
+def _unique(items: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    order: dict[str, int] = {}
+    inv = np.array([order.setdefault(t.strip(), len(order)) for t in items], dtype=int)
+    return list(order), inv
+
+
+class SetDetector:
+    """Trainable set-aware detector on sentence embeddings.
+
+    Args:
+        embedder: An :class:`~ctxkit.models.Embedder` or a model name for
+            :func:`~ctxkit.models.get_embedder` (default MiniLM).
+        head: A head dict (from :meth:`head_dict`) or a JSON path; ``None`` until :meth:`fit`.
+        item_embedding: Also feed each item's own embedding to the head (learns what bad content
+            looks like, but transfers worse to unseen categories).
+        threshold: Probability at or above which an item is flagged (overrides the head's).
+    """
+
+    def __init__(
+        self,
+        embedder: Any = "default",
+        head: dict[str, Any] | str | Path | None = None,
+        *,
+        item_embedding: bool = False,
+        threshold: float | None = None,
+    ) -> None:
+        self._embedder_setting = embedder
+        self._embedder: Any = None if isinstance(embedder, str) else embedder
+        self.item_embedding = item_embedding
+        self.head: dict[str, Any] | None = None
+        self._threshold = threshold
+        if head is not None:
+            self.head = _read_head(head) if not isinstance(head, dict) else head
+            self.item_embedding = bool(self.head.get("item_embedding", item_embedding))
+
+    # -- embeddings and features -----------------------------------------------------------------
+    @property
+    def embedder(self) -> Any:
+        """The embedder (loaded on first use)."""
+        if self._embedder is None:
+            from ..models import get_embedder
+
+            self._embedder = get_embedder(str(self._embedder_setting))
+        return self._embedder
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the probability."""
+        if self._threshold is not None:
+            return self._threshold
+        return float((self.head or {}).get("threshold", 0.5))
+
+    def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embed distinct texts in one batched call; returns ``{text: vector}``."""
+        uniq = list(dict.fromkeys(t.strip() for t in texts))
+        vecs = self.embedder.encode(uniq) if uniq else np.zeros((0, 1))
+        return dict(zip(uniq, vecs, strict=True))
+
+    def features(
+        self,
+        queries: Sequence[str],
+        item_lists: Sequence[Sequence[str]],
+        cache: dict[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Feature matrix per list (one row per item, duplicates share their row's values)."""
+        if len(queries) != len(item_lists):
+            raise InputError(f"{len(queries)} queries for {len(item_lists)} item lists")
+        cache = dict(cache or {})
+        need = [t for t in list(queries) + [x for lst in item_lists for x in lst] if t.strip() not in cache]
+        if need:
+            cache.update(self.embed(need))
+        out = []
+        for q, items in zip(queries, item_lists, strict=True):
+            if not items:
+                out.append(np.zeros((0, self.n_features), dtype=np.float32))
+                continue
+            uniq, inv = _unique(items)
+            u = np.stack([cache[t] for t in uniq])
+            f = set_features(cache[q.strip()], u)
+            if self.item_embedding:
+                f = np.hstack([f, u.astype(np.float32)])
+            out.append(f[inv])
+        return out
+
+    @property
+    def n_features(self) -> int:
+        """Number of features per item."""
+        dim = 0
+        if self.item_embedding:
+            dim = int(self.head["dim"]) if self.head and "dim" in self.head else int(self.embedder.dim)
+        return len(FEATURE_NAMES) + dim
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(
+        self,
+        queries: Sequence[str],
+        item_lists: Sequence[Sequence[str]],
+        labels: Sequence[Sequence[int]],
+        *,
+        model: str = "mlp",
+        seed: int = 0,
+        cache: dict[str, np.ndarray] | None = None,
+    ) -> SetDetector:
+        """Train the head on labelled lists (1 = inappropriate).
+
+        Args:
+            queries: One query per list.
+            item_lists: The context lists.
+            labels: 0/1 per item.
+            model: ``"mlp"`` (one hidden layer of 32) or ``"logreg"``.
+            seed: Training seed.
+            cache: Precomputed ``{text: embedding}`` (speeds up repeated training).
+        """
+        feats = self.features(queries, item_lists, cache)
+        x = np.vstack(feats)
+        y = np.concatenate([np.asarray(lab, dtype=int) for lab in labels])
+        if len(y) != len(x):
+            raise InputError("labels must give one 0/1 value per item")
+        if len(set(y.tolist())) < 2:
+            raise InputError("training needs both appropriate (0) and inappropriate (1) items")
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / std
+        sk = require("sklearn")
+        del sk
+        if model == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(z, y)
+            layers = [{"w": clf.coef_.T.tolist(), "b": clf.intercept_.tolist()}]
+        elif model == "mlp":
+            from sklearn.neural_network import MLPClassifier
+
+            clf = MLPClassifier(
+                hidden_layer_sizes=(32,), alpha=1e-3, max_iter=300, early_stopping=True,
+                random_state=seed, n_iter_no_change=15,
+            ).fit(z, y)
+            layers = [{"w": w.tolist(), "b": b.tolist()} for w, b in zip(clf.coefs_, clf.intercepts_, strict=True)]
+        else:
+            raise InputError(f"unknown head model {model!r}; use 'mlp' or 'logreg'")
+        self.head = {
+            "format": "ctxkit.set_detector/1",
+            "features": list(FEATURE_NAMES),
+            "item_embedding": self.item_embedding,
+            "dim": int(x.shape[1] - len(FEATURE_NAMES)),
+            "model": model,
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "layers": layers,
+            "threshold": 0.5,
+        }
+        p = self._forward(x)
+        best = max(np.arange(0.2, 0.81, 0.05), key=lambda t: _f1(y, p >= t))
+        self.head["threshold"] = round(float(best), 2)
+        return self
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.head is None:
+            raise ModelNotAvailableError("this SetDetector has no head: call fit() or load one")
+        h = (x - np.asarray(self.head["mean"])) / np.asarray(self.head["std"])
+        layers = self.head["layers"]
+        for i, layer in enumerate(layers):
+            h = h @ np.asarray(layer["w"]) + np.asarray(layer["b"])
+            if i < len(layers) - 1:
+                h = np.maximum(h, 0.0)
+        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+
+    # -- inference -------------------------------------------------------------------------------
+    def score(
+        self,
+        queries: Sequence[str],
+        item_lists: Sequence[Sequence[str]],
+        cache: dict[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Probability that each item is inappropriate, per list (one embedding call for all)."""
+        feats = self.features(queries, item_lists, cache)
+        return [self._forward(f) if len(f) else np.zeros(0) for f in feats]
+
+    def predict(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """0/1 flags per item (probability >= :attr:`threshold`)."""
+        return [(p >= self.threshold).astype(int) for p in self.score(queries, item_lists)]
+
+    # -- persistence -----------------------------------------------------------------------------
+    def head_dict(self) -> dict[str, Any]:
+        """The trained head as a JSON-serialisable dict."""
+        if self.head is None:
+            raise ModelNotAvailableError("this SetDetector has no head: call fit() first")
+        return self.head
+
+    def save(self, path: str | Path) -> Path:
+        """Write the head as JSON (the embedder is referenced by name, not saved)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        head = dict(self.head_dict())
+        head["embedder"] = str(self._embedder_setting) if isinstance(self._embedder_setting, str) else "default"
+        out.write_text(json.dumps(head, separators=(",", ":")), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, embedder: Any = None, threshold: float | None = None) -> SetDetector:
+        """Load a head written by :meth:`save`."""
+        head = _read_head(path)
+        return cls(embedder or head.get("embedder", "default"), head, threshold=threshold)
+
+
+def _read_head(path: str | Path | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(path, dict):
+        return path
+    p = Path(path)
+    try:
+        head = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelNotAvailableError(f"cannot read detector head {str(p)!r}: {exc}") from exc
+    if head.get("format") != "ctxkit.set_detector/1":
+        raise ModelNotAvailableError(f"{str(p)!r} is not a ctxkit set-detector head")
+    return head
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+    tp = float(np.sum((y == 1) & pred))
+    fp = float(np.sum((y == 0) & pred))
+    fn = float(np.sum((y == 1) & ~pred))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def default_detector(threshold: float | None = None) -> SetDetector:
+    """The :class:`SetDetector` head shipped with ctxkit (MiniLM + set features).
+
+    Raises:
+        ModelNotAvailableError: the packaged head file is missing.
+    """
+    try:
+        ref = resources.files("ctxkit.faithfulness") / "data" / DEFAULT_HEAD
+        text = ref.read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError) as exc:
+        raise ModelNotAvailableError(
+            "the packaged steering detector head is missing; train one with "
+            "`python benchmarks/steering.py --export-head ctxkit/faithfulness/data/steering_head.json`"
+        ) from exc
+    head = json.loads(text)
+    return SetDetector(head.get("embedder", "default"), head, threshold=threshold)
+
+
+# -- LLM identification ----------------------------------------------------------------------------
+
+IDENTIFY_TEMPLATE = (
+    "Some of the numbered context items below may be inappropriate: false or misleading claims, "
+    "hateful content, or private personal information. Decide which items are inappropriate and "
+    "which can be used to answer the question.\n\n"
+    "<context>\n{context}\n</context>\n\n"
+    "Question: {question}\n"
+    "Reply in the form: inappropriate: <item numbers or none>; use: <item numbers>"
+)
+
+
+def format_items(items: Sequence[str]) -> str:
+    """Numbered items, one per line: ``[1] text``."""
+    return "\n".join(f"[{i}] {t}" for i, t in enumerate(items, 1))
+
+
+_FIELD = re.compile(r"(inappropriate|use|answer)\s*:", re.IGNORECASE)
+
+
+def _numbers(text: str, n_items: int | None) -> list[int]:
+    vals = sorted({int(v) for v in re.findall(r"\d+", text)})
+    return [v for v in vals if v >= 1 and (n_items is None or v <= n_items)]
+
+
+def parse_identification(text: str, n_items: int | None = None) -> tuple[list[int], list[int], str]:
+    """Parse ``"inappropriate: 3, 7; use: 1, 2; answer: ..."``.
+
+    Returns:
+        ``(inappropriate, use, answer)``: 1-based indices (out-of-range numbers dropped) and the
+        answer text ("" when absent). Missing fields give empty lists.
+    """
+    parts: dict[str, str] = {}
+    marks = list(_FIELD.finditer(text or ""))
+    for k, m in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        key = m.group(1).lower()
+        if key not in parts:
+            parts[key] = text[m.end() : end]
+    answer = parts.get("answer", "").strip()
+    bad = [] if re.match(r"\s*none", parts.get("inappropriate", ""), re.I) else _numbers(parts.get("inappropriate", ""), n_items)
+    return bad, _numbers(parts.get("use", ""), n_items), answer
+
+
+class LLMDetector:
+    """Detector that asks a generator which items are inappropriate (one batched call).
+
+    Args:
+        generator: Any :class:`~ctxkit.llm.base.Generator` or a spec for
+            :func:`ctxkit.llm.build_generator` (e.g. the directory of a model fine-tuned with
+            :func:`ctxkit.faithfulness.steer_train.train_rw_steering`).
+        template: Prompt with ``{question}`` and ``{context}``.
+        max_new_tokens: Generation budget for the identification.
+    """
+
+    def __init__(self, generator: Any, template: str = IDENTIFY_TEMPLATE, max_new_tokens: int = 48) -> None:
+        from ..llm.spec import build_generator
+
+        self.generator = build_generator(generator)
+        self.template = template
+        self.max_new_tokens = max_new_tokens
+        self.last_outputs: list[str] = []
+
+    def score(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """1.0 for items the model names as inappropriate, else 0.0 (failed calls: all 0)."""
+        from ..llm.base import Message
+
+        if len(queries) != len(item_lists):
+            raise InputError(f"{len(queries)} queries for {len(item_lists)} item lists")
+        convs = [
+            [Message(role="user", content=self.template.format(question=q, context=format_items(items)))]
+            for q, items in zip(queries, item_lists, strict=True)
+        ]
+        gens = self.generator.generate(convs, max_new_tokens=self.max_new_tokens, stop=["answer:"])
+        self.last_outputs = [g.text for g in gens]
+        out = []
+        for g, items in zip(gens, item_lists, strict=True):
+            p = np.zeros(len(items))
+            bad, _, _ = parse_identification(g.text, len(items))
+            for i in bad:
+                p[i - 1] = 1.0
+            out.append(p)
+        return out
+
+    @property
+    def threshold(self) -> float:
+        """Items scored 1.0 are flagged."""
+        return 0.5
