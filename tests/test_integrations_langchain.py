@@ -132,6 +132,32 @@ async def test_async_path_runs_off_the_event_loop_and_loop_stays_responsive():
     assert ticks > 0
 
 
+def test_retriever_batch_is_one_pass_per_stage_and_keeps_callbacks():
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    calls: list[int] = []
+
+    class CountingRetriever(KeywordRetriever):
+        def run(self, states):
+            calls.append(len(states))
+            return super().run(states)
+
+    class Ends(BaseCallbackHandler):
+        n = 0
+
+        def on_retriever_end(self, documents, **kwargs):
+            Ends.n += 1
+
+    r = CtxkitRetriever(pipeline=[CountingRetriever(k=3)], k=2)
+    qs = [QUERY, "When was the Eiffel Tower completed?", QUERY]
+    out = r.batch(qs, config={"callbacks": [Ends()]})
+    assert calls == [3] and Ends.n == 3
+    assert out[1][0].id.startswith("eiffel") and [d.id for d in out[0]] == [d.id for d in out[2]]
+    calls.clear()
+    aout = asyncio.run(r.abatch(qs[:2]))
+    assert calls == [2] and aout[1][0].id.startswith("eiffel")
+
+
 def test_compressor_reranks_langchain_docs_and_keeps_earlier_scores():
     retrieved = CtxkitRetriever(pipeline=[KeywordRetriever(k=5)]).invoke(QUERY)
     comp = CtxkitCompressor(pipeline=[ShortFirstRanker(), FlagPoison()], k=2)

@@ -165,15 +165,76 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k = self._k_for(kwargs)
-        state = self.pipeline.run(_common.query_text(query))
+        text = _common.query_text(query)
+        state = _take_state(text) or self.pipeline.run(text)
         return state_to_documents(state, k, self.score_stage)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k = self._k_for(kwargs)
-        state = await self.pipeline.arun(_common.query_text(query))
+        text = _common.query_text(query)
+        state = _take_state(text) or await self.pipeline.arun(text)
         return state_to_documents(state, k, self.score_stage)
+
+    # Batch-first: all queries go through each stage together; LangChain's own batch (callbacks,
+    # tracing, per-input configs) then hands each invoke its precomputed state.
+    def batch(
+        self,
+        inputs: list[str],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Run all queries through the pipeline at once (one pass per stage)."""
+        if len(inputs) < 2 or _STATES.get() is not None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        queries = [_common.query_text(q) for q in inputs]
+        token = _STATES.set(_by_query(queries, self.pipeline.batch(queries)))
+        try:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _STATES.reset(token)
+
+    async def abatch(
+        self,
+        inputs: list[str],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Async :meth:`batch` (awaits ``Pipeline.abatch``)."""
+        if len(inputs) < 2 or _STATES.get() is not None:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        queries = [_common.query_text(q) for q in inputs]
+        token = _STATES.set(_by_query(queries, await self.pipeline.abatch(queries)))
+        try:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _STATES.reset(token)
+
+
+_STATES: contextvars.ContextVar[dict[str, list[ContextState]] | None] = contextvars.ContextVar(
+    "ctxkit_states", default=None
+)
+
+
+def _by_query(queries: list[str], states: list[ContextState]) -> dict[str, list[ContextState]]:
+    out: dict[str, list[ContextState]] = {}
+    for q, s in zip(queries, states, strict=True):
+        out.setdefault(q, []).append(s)
+    return out
+
+
+def _take_state(query: str) -> ContextState | None:
+    pending = _STATES.get()
+    if pending:
+        queue = pending.get(query)
+        if queue:
+            return queue.pop(0)
+    return None
 
 
 # -- document compressor -----------------------------------------------------------------------
