@@ -114,6 +114,8 @@ class FeedbackRanker(BaseStage):
             The best weights on them are kept; with feedback that carries no signal this is the
             untrained start, so the pre-ranking order is kept instead of fitting noise.
         patience: Epochs without validation improvement before stopping.
+        min_delta: Validation improvement that counts, relative to the untrained model's
+            validation loss (for ListNet the KL divergence to the targets).
         seed: Seed of initialisation and training (same seed, same data: identical weights).
     """
 
@@ -136,6 +138,7 @@ class FeedbackRanker(BaseStage):
     temperature: float = Field(1.0, gt=0)
     validation: float = Field(0.2, ge=0, lt=1)
     patience: int = Field(10, gt=0)
+    min_delta: float = Field(0.02, ge=0)
     seed: int = 0
 
     _net: Any = PrivateAttr(default=None)
@@ -147,6 +150,7 @@ class FeedbackRanker(BaseStage):
     _n_lists: int = PrivateAttr(default=0)
     _emb: Any = PrivateAttr(default=None)
     _last_seen: int = PrivateAttr(default=0)
+    _val_history: list[float] = PrivateAttr(default_factory=list)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -285,14 +289,21 @@ class FeedbackRanker(BaseStage):
                 return listnet_loss(s, tgt_t[idx], batch["mask"], self.temperature)
             return plackett_luce_loss(s, tgt_t[idx], batch["mask"])
 
+        entropy = 0.0
+        if n_val and self.loss == "listnet":  # report ListNet as KL(targets || model): 0 is perfect
+            m = t["mask"][val_idx]
+            p = torch.softmax(torch.where(m, tgt_t[val_idx] / self.temperature, -1e30), dim=-1)
+            entropy = float(-(p * torch.log(p.clamp_min(1e-30)) * m).sum(-1).mean())
+
         def val_loss() -> float:
             self._net.eval()
             with torch.no_grad():
-                v = float(loss_of(val_idx))
+                v = float(loss_of(val_idx)) - entropy
             self._net.train()
             return v
 
         best = val_loss() if n_val else float("inf")
+        self._val_history = [best] if n_val else []
         best_state = {k: v.clone() for k, v in self._net.state_dict().items()}
         bad = 0
         bs = max(1, min(len(train_idx), 256))
@@ -313,7 +324,8 @@ class FeedbackRanker(BaseStage):
             history.append(total / max(len(perm), 1))
             if n_val:
                 v = val_loss()
-                if v < best - 1e-4:
+                self._val_history.append(v)
+                if v < best - self.min_delta * abs(self._val_history[0]):
                     best, bad = v, 0
                     best_state = {k: x.clone() for k, x in self._net.state_dict().items()}
                 else:
@@ -372,7 +384,7 @@ class FeedbackRanker(BaseStage):
         self._n_lists = len(lists)
         hist = self._train(groups, targets, epochs or self.epochs)
         self._last_event_id = max([self._last_seen] + [sl.last_event_id for sl in lists])
-        return {"lists": len(lists), "groups": len(groups), "loss": hist}
+        return {"lists": len(lists), "groups": len(groups), "loss": hist, "val_loss": list(self._val_history)}
 
     def partial_fit(self, source: FeedbackStore | str | Sequence[ShownList] | None = None, *, epochs: int | None = None) -> dict[str, Any]:
         """Online update: train a few epochs on lists that got feedback since the last fit.
