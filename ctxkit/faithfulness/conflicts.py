@@ -325,6 +325,8 @@ class ConflictDetector:
         threshold: Minimum mismatch for a flagged conflict.
         min_relevance: Minimum relevance for a flagged conflict (the chunk must be on topic).
         batch_size: Encoder batch size.
+        span_candidates: Per belief, the chunks most on topic whose entity/term spans are
+            embedded to measure a mismatch (the others keep number/date/negation checks only).
 
     Example:
         >>> det = ConflictDetector()
@@ -343,6 +345,7 @@ class ConflictDetector:
         threshold: float = 0.5,
         min_relevance: float = 0.35,
         batch_size: int = 128,
+        span_candidates: int = 8,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"ConflictDetector: alpha must be in [0, 1], got {alpha}")
@@ -355,6 +358,7 @@ class ConflictDetector:
         self.threshold = threshold
         self.min_relevance = min_relevance
         self.batch_size = batch_size
+        self.span_candidates = span_candidates
         self._embedder: Any = None
 
     @property
@@ -454,8 +458,10 @@ class ConflictDetector:
     def _score(self, beliefs: list[list[Belief]], chunks: list[list[str]]) -> list[list[Candidate]]:
         if len(beliefs) != len(chunks):
             raise InputError(f"{len(beliefs)} belief lists but {len(chunks)} chunk lists")
-        chunk_spans = [[extract_spans(c) for c in cs] for cs in chunks]
-        # Collect every text to embed: topics, chunks, believed values, candidate values.
+        import numpy as np
+
+        # Phase 1: relevance of every (belief, chunk) pair; one encoder call for topics, chunks
+        # and believed values of the whole batch.
         texts: dict[str, int] = {}
 
         def idx(t: str) -> int:
@@ -464,85 +470,127 @@ class ConflictDetector:
             return texts[t]
 
         key_spans: list[list[list[Span]]] = []
-        for bs, cs, spans in zip(beliefs, chunks, chunk_spans, strict=True):
+        for bs, cs in zip(beliefs, chunks, strict=True):
             ks_q = []
             for b in bs:
                 idx(b.topic or b.text)
-                if b.answer:
-                    ks = [Span(b.answer, span_kind(b.answer))]
-                else:
-                    ks = [s for s in extract_spans(b.text)]
-                for s in ks:
-                    if s.kind in ("entity", "other"):
-                        idx(s.text)
+                ks = [Span(b.answer, span_kind(b.answer))] if b.answer else extract_spans(b.text)
+                for k in ks:
+                    if k.kind in ("entity", "other"):
+                        idx(k.text)
                 ks_q.append(ks)
             key_spans.append(ks_q)
-            for c, sp in zip(cs, spans, strict=True):
+            for c in cs:
                 idx(c)
-                for s in sp:
-                    if s.kind == "entity":
-                        idx(s.text)
-                if any(k.kind == "other" for ks in ks_q for k in ks):
-                    for w in _other_terms(c):
-                        idx(w)
         if not texts:
             return [[] for _ in beliefs]
-        import numpy as np
+        emb = np.asarray(self.embedder.encode(list(texts), batch_size=self.batch_size), dtype=np.float32)
 
-        emb = self.embedder.encode(list(texts), batch_size=self.batch_size)
-        emb = np.asarray(emb, dtype=np.float32)
-
-        out: list[list[Candidate]] = []
-        for bs, cs, spans, ks_q in zip(beliefs, chunks, chunk_spans, key_spans, strict=True):
-            cands: list[Candidate] = []
+        pending: list[tuple[int, int, int, Span]] = []  # (query, belief, chunk, key) needing spans
+        rows: list[dict[str, Any]] = []
+        for qi, (bs, cs, ks_q) in enumerate(zip(beliefs, chunks, key_spans, strict=True)):
+            row: dict[str, Any] = {"pairs": {}}
+            rows.append(row)
             if not bs or not cs:
-                out.append(cands)
                 continue
-            topic_vecs = emb[[texts[b.topic or b.text] for b in bs]]
-            chunk_vecs = emb[[texts[c] for c in cs]]
-            sims = topic_vecs @ chunk_vecs.T  # (beliefs, chunks)
-            chunk_words = [content_words(c) for c in cs]
-            chunk_norm = [f" {_norm(c)} " for c in cs]
-            chunk_nums = [_numbers(c) for c in cs]
+            sims = emb[[texts[b.topic or b.text] for b in bs]] @ emb[[texts[c] for c in cs]].T
+            row["spans"] = [extract_spans(c) for c in cs]
+            words = [content_words(c) for c in cs]
+            norms = [f" {_norm(c)} " for c in cs]
+            nums = [_numbers(c) for c in cs]
             for bi, (b, ks) in enumerate(zip(bs, ks_q, strict=True)):
                 topic_words = content_words(b.topic or b.text)
-                belief_norm = f" {_norm(b.text)} "
-                belief_neg = _has_negation(b.text)
-                for ci, c in enumerate(cs):
+                if not b.answer:  # a plain statement: its values are not part of its topic
+                    topic_words -= {w for k in ks if k.kind in ("number", "date") for w in content_words(k.text)}
+                rels = []
+                for ci in range(len(cs)):
                     sim = float(sims[bi, ci])
-                    lex = len(topic_words & chunk_words[ci]) / max(len(topic_words), 1)
+                    lex = len(topic_words & words[ci]) / max(len(topic_words), 1)
                     rel = self.alpha * sim + (1 - self.alpha) * lex
-                    best = (0.0, "other", None, None)
-                    supports = bool(ks)
-                    for k in ks:
-                        present = self._present(k, chunk_norm[ci], chunk_nums[ci], chunk_words[ci])
-                        if present:
-                            continue
-                        supports = False
-                        m, span = self._mismatch(k, spans[ci], c, belief_norm, emb, texts)
-                        if m > best[0]:
-                            best = (m, k.kind, k.text, span)
-                    if best[0] == 0.0 and _has_negation(c) != belief_neg and lex >= 0.5:
-                        best = (0.8 if not supports else 0.6, "negation", None, None)
-                        supports = False
-                    mismatch, kind, bspan, cspan = best
-                    cands.append(
-                        Candidate(
-                            belief=bi,
-                            chunk=ci,
-                            similarity=sim,
-                            relevance=rel,
-                            mismatch=mismatch,
-                            kind=kind,
-                            belief_span=bspan,
-                            chunk_span=cspan,
-                            rank_score=rel + self.mismatch_weight * mismatch,
-                            flagged=mismatch >= self.threshold and rel >= self.min_relevance,
-                            supports=supports,
-                        )
+                    absent = [k for k in ks if not self._present(k, norms[ci], nums[ci], words[ci])]
+                    row["pairs"][bi, ci] = {"sim": sim, "lex": lex, "rel": rel, "absent": absent,
+                                            "best": (0.0, "other", None, None)}
+                    rels.append(rel)
+                # Spans are embedded only for the chunks most on topic (the rest cannot rank high).
+                for ci in sorted(range(len(cs)), key=lambda i: -rels[i])[: self.span_candidates]:
+                    for k in row["pairs"][bi, ci]["absent"]:
+                        if k.kind in ("entity", "other"):
+                            pending.append((qi, bi, ci, k))
+        # Phase 2: candidate values of the same category as the believed value (one encoder call).
+        pools: dict[tuple[int, int, int, str], list[str]] = {}
+        for qi, bi, ci, k in pending:
+            belief_norm = f" {_norm(beliefs[qi][bi].text)} "
+            if k.kind == "entity":
+                pool = [sp.text for sp in rows[qi]["spans"][ci] if sp.kind == "entity"]
+            else:
+                pool = _other_terms(chunks[qi][ci])
+            # a value sharing words with the belief is part of its subject, not a substitute
+            bwords = content_words(beliefs[qi][bi].text)
+            pool = [t for t in pool if f" {_norm(t)} " not in belief_norm and not (content_words(t) & bwords)]
+            pools[qi, bi, ci, k.text] = pool
+            for t in pool:
+                idx(t)
+        if len(texts) > len(emb):
+            new = list(texts)[len(emb):]
+            emb = np.concatenate(
+                [emb, np.asarray(self.embedder.encode(new, batch_size=self.batch_size), dtype=np.float32)]
+            )
+
+        out: list[list[Candidate]] = []
+        for qi, (bs, cs, row) in enumerate(zip(beliefs, chunks, rows, strict=True)):
+            cands: list[Candidate] = []
+            for (bi, ci), pr in row["pairs"].items():
+                b, ks = bs[bi], key_spans[qi][bi]
+                best = pr["best"]
+                for k in pr["absent"]:
+                    if k.kind in ("number", "date"):
+                        m, span = self._typed_mismatch(k, row["spans"][ci], f" {_norm(b.text)} ")
+                    else:
+                        pool = pools.get((qi, bi, ci, k.text), [])
+                        m, span = 0.0, None
+                        if pool:
+                            sims = emb[[texts[t] for t in pool]] @ emb[texts[k.text]]
+                            j = int(sims.argmax())
+                            # two values of one category (two countries) have cosine ~0.3-0.7
+                            m, span = float(max(0.0, min(1.0, (sims[j] - 0.15) / 0.4))), pool[j]
+                    if m > best[0]:
+                        best = (m, k.kind, k.text, span)
+                supports = bool(ks) and not pr["absent"]
+                if not b.answer and len(ks) > 1 and len(pr["absent"]) == len(ks):
+                    # nothing of a multi-part statement is in the chunk: probably another subject
+                    best = (best[0] * 0.5, *best[1:])
+                if best[0] == 0.0 and _has_negation(cs[ci]) != _has_negation(b.text) and pr["lex"] >= 0.5:
+                    best = (0.6 if supports else 0.8, "negation", None, None)
+                    supports = False
+                mismatch, kind, bspan, cspan = best
+                rel = pr["rel"]
+                cands.append(
+                    Candidate(
+                        belief=bi,
+                        chunk=ci,
+                        similarity=pr["sim"],
+                        relevance=rel,
+                        mismatch=mismatch,
+                        kind=kind,
+                        belief_span=bspan,
+                        chunk_span=cspan,
+                        rank_score=rel + self.mismatch_weight * mismatch,
+                        flagged=mismatch >= self.threshold and rel >= self.min_relevance,
+                        supports=supports,
+                        info={"lex": pr["lex"]},
                     )
+                )
             out.append(cands)
         return out
+
+    @staticmethod
+    def _typed_mismatch(k: Span, spans: list[Span], belief_norm: str) -> tuple[float, str | None]:
+        novel = [s for s in spans if f" {_norm(s.text)} " not in belief_norm]
+        same = [s for s in novel if s.kind == k.kind]
+        if same:
+            return 1.0, same[0].text
+        other = [s for s in novel if s.kind in ("number", "date")]
+        return (0.6, other[0].text) if other else (0.0, None)
 
     @staticmethod
     def _present(k: Span, chunk_norm: str, chunk_nums: set[str], chunk_words: set[str]) -> bool:
@@ -557,31 +605,6 @@ class ConflictDetector:
             return True
         words = content_words(k.text)
         return bool(words) and words <= chunk_words
-
-    @staticmethod
-    def _mismatch(
-        k: Span, spans: list[Span], chunk: str, belief_norm: str, emb: Any, texts: dict[str, int]
-    ) -> tuple[float, str | None]:
-        """How strongly the chunk holds a *different* value of the believed value's type."""
-        novel = [s for s in spans if f" {_norm(s.text)} " not in belief_norm]
-        if k.kind in ("number", "date"):
-            same = [s for s in novel if s.kind == k.kind]
-            if same:
-                return 1.0, same[0].text
-            other = [s for s in novel if s.kind in ("number", "date")]
-            return (0.6, other[0].text) if other else (0.0, None)
-        kv = emb[texts[k.text]]
-        if k.kind == "entity":
-            pool = [s.text for s in novel if s.kind == "entity"]
-        else:
-            pool = [w for w in _other_terms(chunk) if f" {_norm(w)} " not in belief_norm]
-        if not pool:
-            return 0.0, None
-        vecs = emb[[texts[p] for p in pool]]
-        sims = vecs @ kv
-        j = int(sims.argmax())
-        # cosine of two values of the same category is typically 0.3-0.7; map to [0, 1]
-        return float(max(0.0, min(1.0, (sims[j] - 0.1) / 0.4))), pool[j]
 
 
 def _other_terms(text: str) -> list[str]:
@@ -698,3 +721,37 @@ class ConflictCheck(BaseStage):
                 if note:
                     state.metadata["conflict_note"] = note
         return states
+
+
+def demo_conflicts(verbose: bool = True) -> list[Conflict]:
+    """Offline demo: a passage contradicts two trusted beliefs; returns (and prints) the records.
+
+    Uses the packaged MiniLM embedder only (no LLM). Suitable for ``ctxkit quickstart``.
+    """
+    from ..pipeline import Pipeline
+
+    beliefs = [
+        "The Eiffel Tower was completed in 1889.",
+        "Who designed the Eiffel Tower? Gustave Eiffel's company",
+        "The Eiffel Tower is located in Paris.",
+    ]
+    state = ContextState(
+        query="When was the Eiffel Tower completed?",
+        passages=[
+            Passage(id="doc1#0", text=(
+                "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Lyon. "
+                "It was completed in 1901 as the entrance arch of a world's fair. "
+                "The tower is 330 metres tall."
+            )),
+            Passage(id="doc2#0", text="Gustave Eiffel's company designed and built the tower."),
+        ],
+    )
+    out = Pipeline([ConflictCheck(beliefs=beliefs, chunk_words=30, action="warn")]).run(state)
+    if verbose:
+        print(f"question: {state.query}")
+        for c in out.conflicts:
+            print(
+                f"  conflict [{c.kind}] score={c.score:.2f} sim={c.similarity:.2f} "
+                f"{c.belief_span!r} -> {c.chunk_span!r}\n    belief: {c.belief}\n    context ({c.passage_id}): {c.chunk}"
+            )
+    return out.conflicts
