@@ -15,7 +15,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 
 import ctxkit
 from ctxkit.faithfulness.conflicts import ConflictCheck
-from ctxkit.integrations.llama_index import CtxkitLLM, CtxkitLlamaRetriever, CtxkitNodePostprocessor
+from ctxkit.integrations.llama_index import CtxkitLlamaRetriever, CtxkitLLM, CtxkitNodePostprocessor
 from ctxkit.llm import TransformersGenerator
 from ctxkit.rankers import BiEncoderPreRanker
 from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, ingest

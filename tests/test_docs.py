@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 # A block preceded by this comment is not executed; each use must say why (keep them rare).
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((.+?)\)\s*-->\s*$")
-FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 HEAVY = ("TransformersGenerator", "ingest(", "get_embedder", "SmolLM")
 
 
@@ -99,7 +99,7 @@ def test_python_blocks_run(page: Path, tmp_path: Path, request: pytest.FixtureRe
     if "TransformersGenerator" in script.read_text(encoding="utf-8"):
         env["CTXKIT_DEFAULT_LLM"] = str(request.getfixturevalue("docs_llm_dir"))
     res = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(script)], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, f"{page.name} code failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
 
@@ -148,7 +148,7 @@ def test_getting_started_shows_the_readme_commands():
     md = _hooks().readme_setup_markdown()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    cmds = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)
+    cmds = re.findall(r"```bash\n(.*?)```", setup, flags=re.DOTALL)
     assert len(cmds) == 2 and all(c in md for c in cmds)
     assert "<!-- ctxkit:readme-setup -->" in (DOCS / "getting-started.md").read_text(encoding="utf-8")
 
@@ -157,7 +157,7 @@ def test_benchmarks_page_includes_the_benchmarks_readme():
     md = _hooks().benchmarks_markdown()
     readme = ROOT / "benchmarks" / "README.md"
     if readme.is_file():
-        sections = re.findall(r"^## (.+)$", readme.read_text(encoding="utf-8"), flags=re.M)
+        sections = re.findall(r"^## (.+)$", readme.read_text(encoding="utf-8"), flags=re.MULTILINE)
         for s in sections:
             assert f"## {s}" in md
     assert "<!-- ctxkit:benchmarks -->" in (DOCS / "benchmarks.md").read_text(encoding="utf-8")
@@ -169,6 +169,7 @@ def test_mkdocs_build_strict(tmp_path: Path):
     pytest.importorskip("mkdocstrings")
     res = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        check=False,
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )

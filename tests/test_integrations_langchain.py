@@ -23,7 +23,6 @@ from ctxkit.integrations.langchain import (
     CtxkitCompressor,
     CtxkitRetriever,
     CtxkitRunnable,
-    format_documents,
 )
 
 QUERY = "Who discovered penicillin in 1928?"

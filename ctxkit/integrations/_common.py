@@ -30,7 +30,7 @@ def to_pipeline(pipeline: Any) -> Any:
         return pipeline
     if isinstance(pipeline, Stage):
         return Pipeline([pipeline])
-    if isinstance(pipeline, Mapping) or isinstance(pipeline, str | os.PathLike):
+    if isinstance(pipeline, Mapping | str | os.PathLike):
         return load_pipeline(pipeline)
     if isinstance(pipeline, Sequence):
         return Pipeline(list(pipeline))
@@ -98,7 +98,7 @@ def passage_flags(state: ContextState, passage_id: str) -> list[str]:
     out = []
     for name, value in state.flags.items():
         if isinstance(value, Mapping):
-            if passage_id in value and value[passage_id]:
+            if value.get(passage_id):
                 out.append(name)
         elif isinstance(value, list | tuple | set | frozenset):
             if passage_id in value:

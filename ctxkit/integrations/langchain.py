@@ -24,26 +24,26 @@ from .._lazy import require
 
 require("langchain_core")
 
-from langchain_core.callbacks import (  # noqa: E402
+from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
     Callbacks,
 )
-from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from langchain_core.language_models import BaseChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
-from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from langchain_core.runnables import Runnable, RunnableConfig  # noqa: E402
-from langchain_core.runnables.config import get_config_list  # noqa: E402
-from pydantic import ConfigDict, Field, field_validator  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from pydantic import ConfigDict, Field, field_validator
 
-from ..errors import ConfigError, CtxkitError, InputError  # noqa: E402
-from ..llm.base import Generation, Message, SamplingSettings  # noqa: E402
-from ..types import ContextState  # noqa: E402
-from . import _common  # noqa: E402
+from ..errors import ConfigError, CtxkitError, InputError
+from ..llm.base import Generation, Message, SamplingSettings
+from ..types import ContextState
+from . import _common
 
 __all__ = [
     "CtxkitRetriever",
@@ -316,7 +316,7 @@ class CtxkitRunnable(Runnable[Any, Any]):
         self.score_stage = score_stage
 
     @property
-    def InputType(self) -> Any:  # noqa: N802 (LangChain's name)
+    def InputType(self) -> Any:
         return str
 
     @staticmethod

@@ -24,8 +24,8 @@ from .._lazy import require
 
 require("llama_index.core")
 
-from llama_index.core.base.base_retriever import BaseRetriever  # noqa: E402
-from llama_index.core.base.llms.types import (  # noqa: E402
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     CompletionResponse,
@@ -33,22 +33,22 @@ from llama_index.core.base.llms.types import (  # noqa: E402
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.callbacks import CallbackManager  # noqa: E402
-from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback  # noqa: E402
-from llama_index.core.llms.custom import CustomLLM  # noqa: E402
-from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.schema import (  # noqa: E402
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import (
     MetadataMode,
     NodeWithScore,
     QueryBundle,
     TextNode,
 )
-from pydantic import ConfigDict, Field, field_validator  # noqa: E402
+from pydantic import ConfigDict, Field, field_validator
 
-from ..errors import ConfigError, CtxkitError, InputError  # noqa: E402
-from ..llm.base import Generation, Message, SamplingSettings  # noqa: E402
-from ..types import ContextState, Passage  # noqa: E402
-from . import _common  # noqa: E402
+from ..errors import ConfigError, CtxkitError, InputError
+from ..llm.base import Generation, Message, SamplingSettings
+from ..types import ContextState, Passage
+from . import _common
 
 __all__ = [
     "CtxkitLlamaRetriever",
