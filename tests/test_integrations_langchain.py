@@ -48,6 +48,44 @@ class TestCtxkitRetrieverStandard(RetrieversIntegrationTests):
         return "Who discovered penicillin and when was the Eiffel Tower completed in Paris?"
 
 
+@pytest.fixture(scope="module")
+def chroma_index(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real embedded Chroma + BM25 index (MiniLM embeddings) built with ctxkit's ingest."""
+    from _integration_stages import CORPUS
+
+    from ctxkit.retrievers import ingest
+
+    path = tmp_path_factory.mktemp("lc_index")
+    ingest([{"id": pid.split("#")[0] + pid.split("#")[1], "text": t} for pid, t in CORPUS.items()], index=path)
+    return str(path)
+
+
+@pytest.mark.slow
+class TestCtxkitRetrieverOverChromaStandard(RetrieversIntegrationTests):
+    """LangChain's standard retriever tests over hybrid Chroma + BM25 retrieval."""
+
+    @pytest.fixture(autouse=True)
+    def _index(self, chroma_index: str) -> None:
+        self.index = chroma_index
+
+    @property
+    def retriever_constructor(self) -> type[CtxkitRetriever]:
+        return CtxkitRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever
+
+        hybrid = HybridRetriever(
+            retrievers=[ChromaRetriever(path=self.index), BM25Retriever(path=self.index)], k=6
+        )
+        return {"pipeline": Pipeline([hybrid]), "k": 4}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "Who discovered penicillin?"
+
+
 def test_documents_keep_every_stage_score_id_and_conflicts():
     docs = CtxkitRetriever(pipeline=_pipe()).invoke(QUERY)
     assert docs, "the keyword stage should find the penicillin passages"
