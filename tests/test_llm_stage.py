@@ -123,3 +123,11 @@ def test_generator_answer_convenience(tiny_llm_dir):
     assert isinstance(ans, str) and one.answer == ans and "<context>" in one.prompt
     many = gen.answer(_states(), sampling={"max_new_tokens": 3}, max_passages=1)
     assert len(many) == 3 and all(isinstance(a, str) for a in many)
+
+
+def test_public_api_resolves_lazily():
+    import ctxkit.llm as llm
+
+    for name in llm.__all__:
+        assert getattr(llm, name) is not None, name
+    assert sorted(llm.__all__) == dir(llm)

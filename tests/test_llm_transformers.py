@@ -265,3 +265,23 @@ def test_default_smollm2_gguf_loads_through_the_cache_and_answers(tmp_path, monk
     assert "paris" in out.text.lower()
     assert Path(gen.loaded_from).parent == tmp_path / "models"
     assert (Path(gen.loaded_from) / "config.json").is_file()
+
+
+def test_gguf_cache_key_follows_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    from ctxkit.llm.transformers import _gguf_cache_path, model_cache_dir
+
+    monkeypatch.setenv("CTXKIT_CACHE", str(tmp_path / "c"))
+    assert model_cache_dir() == tmp_path / "c" / "models"
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x" * 10)
+    os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    a = _gguf_cache_path("org/My Model", f)
+    assert a.parent == tmp_path / "c" / "models" and a.name.startswith("org_My_Model-")
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    b = _gguf_cache_path("org/My Model", f)
+    f.write_bytes(b"x" * 11)
+    os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    c = _gguf_cache_path("org/My Model", f)
+    assert len({a, b, c}) == 3

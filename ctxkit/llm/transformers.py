@@ -496,6 +496,9 @@ class TransformersGenerator(BaseGenerator):
                     hit_eos = True
                     break
                 n += 1
+            if not hit_eos and cfg.stop and pad_id not in eos_set:
+                while n and seq[n - 1] == pad_id:  # a row ended by a stop string is padded after it
+                    n -= 1
             toks = seq[:n]
             text = tok.decode(toks, skip_special_tokens=True)
             reason: Literal["stop", "length"] = "stop" if hit_eos else "length"
