@@ -31,16 +31,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCHS = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=2000),
+    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                         "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0},
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                         "num_key_value_heads": 3, "vocab_size": 49152, "rope_theta": 100000.0},
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 2000},
 }
-WORDS = ("the tower paris built year engineer iron fair visitors height metres city river museum "
-         "question answer context passage record history science discovery fleming penicillin "
-         "mould bacteria london hospital laboratory culture antibiotic war medicine prize").split()
+WORDS = ["the", "tower", "paris", "built", "year", "engineer", "iron", "fair", "visitors", "height", "metres", "city", "river", "museum", "question", "answer", "context", "passage", "record", "history", "science", "discovery", "fleming", "penicillin", "mould", "bacteria", "london", "hospital", "laboratory", "culture", "antibiotic", "war", "medicine", "prize"]
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 

@@ -20,7 +20,6 @@ from ctxkit import ContextState, Passage, Pipeline
 from ctxkit.errors import ConfigError, InputError
 from ctxkit.llm import GenerateAnswer, LangChainGenerator
 
-
 SEEN_ROLES: list[list[str]] = []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 import pytest
 
 from ctxkit import ConfigError, ContextState, Passage, Pipeline, load_pipeline
@@ -126,7 +127,7 @@ def test_generator_answer_convenience(tiny_llm_dir):
 
 
 def test_public_api_resolves_lazily():
-    import ctxkit.llm as llm
+    from ctxkit import llm
 
     for name in llm.__all__:
         assert getattr(llm, name) is not None, name

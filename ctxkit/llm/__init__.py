@@ -10,16 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "Message",
-    "SamplingSettings",
+    "BaseGenerator",
+    "GenerateAnswer",
     "Generation",
     "Generator",
-    "BaseGenerator",
-    "as_messages",
-    "TransformersGenerator",
-    "OpenAIGenerator",
     "LangChainGenerator",
-    "GenerateAnswer",
+    "Message",
+    "OpenAIGenerator",
+    "SamplingSettings",
+    "TransformersGenerator",
+    "as_messages",
     "build_generator",
     "get_generator",
     "serve",

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Message", "Messages", "SamplingSettings", "Generation", "Generator", "as_messages"]
+__all__ = ["Generation", "Generator", "Message", "Messages", "SamplingSettings", "as_messages"]
 
 Role = Literal["system", "user", "assistant"]
 

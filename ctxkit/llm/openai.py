@@ -20,7 +20,7 @@ from .._lazy import require
 from ..errors import ConfigError, CtxkitError, InputError
 from .base import BaseGenerator, Generation, Message, SamplingSettings, as_messages
 
-__all__ = ["OpenAIGenerator", "OpenAIHTTPError", "RETRY_STATUSES"]
+__all__ = ["RETRY_STATUSES", "OpenAIGenerator", "OpenAIHTTPError"]
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from ..errors import ConfigError
 from .base import Generation, Message, SamplingSettings
@@ -152,7 +152,7 @@ class OpenAICompatibleServer:
         """Base URL of the API, e.g. ``http://127.0.0.1:8000/v1``."""
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self) -> OpenAICompatibleServer:
+    def start(self) -> Self:
         """Serve in background threads; returns ``self``."""
         if self._threads:
             return self
@@ -180,7 +180,7 @@ class OpenAICompatibleServer:
         self._queue.put(None)
         self._threads.clear()
 
-    def __enter__(self) -> OpenAICompatibleServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -283,7 +283,7 @@ class OpenAICompatibleServer:
                             code="invalid_api_key")
                 return False
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            def do_GET(self) -> None:
                 path = self.path.split("?")[0].rstrip("/")
                 if path in ("/health", "/v1/health"):
                     self._send(200, {"status": "ok"})
@@ -294,7 +294,7 @@ class OpenAICompatibleServer:
                 else:
                     self._error(404, f"no route GET {path}", code="not_found")
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+            def do_POST(self) -> None:
                 path = self.path.split("?")[0].rstrip("/")
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
@@ -330,7 +330,7 @@ class OpenAICompatibleServer:
                         self._send(200, server._chat(body))
                     except _BadRequest as exc:
                         self._error(exc.status, str(exc), code=exc.code, param=exc.param)
-                    except Exception as exc:  # noqa: BLE001 - a server must answer, not crash
+                    except Exception as exc:
                         log.exception("chat completion failed")
                         self._error(500, f"{type(exc).__name__}: {exc}", code="internal_error")
                 finally:

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Generator
 
-__all__ = ["build_generator", "get_generator", "generator_spec", "BACKENDS"]
+__all__ = ["BACKENDS", "build_generator", "generator_spec", "get_generator"]
 
 BACKENDS = ("transformers", "openai")
 

@@ -13,7 +13,7 @@ from ..pipeline import BaseStage
 from ..types import ContextState, Passage
 from .base import Generation, Message, SamplingSettings
 
-__all__ = ["GenerateAnswer", "DEFAULT_TEMPLATE", "DEFAULT_PASSAGE_FORMAT"]
+__all__ = ["DEFAULT_PASSAGE_FORMAT", "DEFAULT_TEMPLATE", "GenerateAnswer"]
 
 DEFAULT_TEMPLATE = (
     "Answer the question using only the numbered context passages. If they do not contain the "

@@ -28,7 +28,7 @@ from .._lazy import require
 from ..errors import ConfigError, InputError
 from .base import BaseGenerator, Generation, Message, SamplingSettings, as_messages
 
-__all__ = ["TransformersGenerator", "model_cache_dir", "CONTEXT_OPEN", "CONTEXT_CLOSE"]
+__all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "TransformersGenerator", "model_cache_dir"]
 
 log = logging.getLogger(__name__)
 
