@@ -16,7 +16,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
-from ctxkit import ContextState, Pipeline
+from ctxkit import BaseStage, ContextState, Pipeline
 from ctxkit.errors import ConfigError, CtxkitError, InputError
 from ctxkit.integrations.langchain import (
     CtxkitChatModel,
@@ -124,8 +124,30 @@ def test_k_at_construction_and_per_call_sync_and_async():
         r.invoke(QUERY, k=0)
     with pytest.raises(InputError, match="unknown options"):
         r.invoke(QUERY, top_n=3)
+    with pytest.raises(InputError, match="state_metadata"):
+        r.invoke(QUERY, state_metadata=["x"])
     with pytest.raises(InputError, match="empty"):
         r.invoke("   ")
+
+
+class _MetaEcho(BaseStage):
+    """Copies state metadata onto the passages (shows per-call metadata reaches the stages)."""
+
+    def run(self, states):
+        for s in states:
+            for p in s.passages:
+                p.metadata["seen_beliefs"] = s.metadata.get("beliefs")
+        return states
+
+
+def test_per_call_state_metadata_reaches_the_stages():
+    pipe = Pipeline([KeywordRetriever(k=2), _MetaEcho()])
+    docs = CtxkitRetriever(pipeline=pipe).invoke(QUERY, state_metadata={"beliefs": ["b1"]})
+    assert docs[0].metadata["seen_beliefs"] == ["b1"]
+    out = CtxkitRetriever(pipeline=pipe).batch([QUERY, QUERY], state_metadata={"beliefs": ["b2"]})
+    assert out[1][0].metadata["seen_beliefs"] == ["b2"]
+    docs = pipe.as_runnable().invoke({"question": QUERY, "beliefs": ["b3"]})
+    assert docs[0].metadata["seen_beliefs"] == ["b3"]
 
 
 def test_retriever_accepts_stage_list_and_config_dict():

@@ -135,6 +135,9 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         score_stage: Stage whose score goes into ``metadata["score"]`` (default: the last
             stage that scored the passage; e.g. pick the ranker when a conflict check runs last).
 
+    Per call, ``state_metadata={...}`` becomes the query state's metadata (e.g. ``{"beliefs":
+    [...]}`` for a conflict check, ``{"where": {...}}`` for a retrieval filter).
+
     The async path (``ainvoke``) awaits :meth:`ctxkit.Pipeline.arun`, whose stages never block
     the event loop.
     """
@@ -156,17 +159,26 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         return _common.check_k(value)
 
     def _k_for(self, kwargs: dict[str, Any]) -> int | None:
-        unknown = set(kwargs) - {"k", "metadata"}
+        unknown = set(kwargs) - {"k", "state_metadata"}
         if unknown:
-            raise InputError(f"CtxkitRetriever: unknown options {sorted(unknown)}; use k=")
+            raise InputError(
+                f"CtxkitRetriever: unknown options {sorted(unknown)}; use k= or state_metadata="
+            )
         return _common.check_k(kwargs["k"]) if "k" in kwargs else self.k
+
+    @staticmethod
+    def _meta(kwargs: dict[str, Any]) -> dict[str, Any]:
+        meta = kwargs.get("state_metadata") or {}
+        if not isinstance(meta, dict):
+            raise InputError(f"state_metadata must be a dict, got {type(meta).__name__}")
+        return meta
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k = self._k_for(kwargs)
         text = _common.query_text(query)
-        state = _take_state(text) or self.pipeline.run(text)
+        state = _take_state(text) or self.pipeline.run(text, **self._meta(kwargs))
         return state_to_documents(state, k, self.score_stage)
 
     async def _aget_relevant_documents(
@@ -174,7 +186,7 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
     ) -> list[Document]:
         k = self._k_for(kwargs)
         text = _common.query_text(query)
-        state = _take_state(text) or await self.pipeline.arun(text)
+        state = _take_state(text) or await self.pipeline.arun(text, **self._meta(kwargs))
         return state_to_documents(state, k, self.score_stage)
 
     # Batch-first: all queries go through each stage together; LangChain's own batch (callbacks,
@@ -191,7 +203,9 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         if len(inputs) < 2 or _STATES.get() is not None:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         queries = [_common.query_text(q) for q in inputs]
-        token = _STATES.set(_by_query(queries, self.pipeline.batch(queries)))
+        self._k_for(kwargs)
+        states = self.pipeline.batch(queries, **self._meta(kwargs))
+        token = _STATES.set(_by_query(queries, states))
         try:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
@@ -209,7 +223,9 @@ class CtxkitRetriever(_common.ValidatedInit, BaseRetriever):
         if len(inputs) < 2 or _STATES.get() is not None:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         queries = [_common.query_text(q) for q in inputs]
-        token = _STATES.set(_by_query(queries, await self.pipeline.abatch(queries)))
+        self._k_for(kwargs)
+        states = await self.pipeline.abatch(queries, **self._meta(kwargs))
+        token = _STATES.set(_by_query(queries, states))
         try:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         finally:
@@ -294,7 +310,8 @@ class CtxkitRunnable(Runnable[Any, Any]):
     """A ctxkit pipeline as an LCEL ``Runnable``; ``batch`` runs all queries through each stage
     at once (one model call per stage, not one per query).
 
-    Input: a query string, a ``ContextState``, or a dict with ``query``/``question``/``input``.
+    Input: a query string, a ``ContextState``, or a dict with ``query``/``question``/``input``
+    (its other keys become the state's metadata, e.g. ``beliefs`` for a conflict check).
     Output (``output=``): ``"state"`` (the :class:`~ctxkit.ContextState`), ``"documents"``
     (LangChain documents with scores) or ``"context"`` (a numbered context string for a prompt,
     conflicts annotated).
@@ -321,7 +338,13 @@ class CtxkitRunnable(Runnable[Any, Any]):
 
     @staticmethod
     def _query(value: Any) -> str | ContextState:
-        return value if isinstance(value, ContextState) else _common.query_text(value)
+        if isinstance(value, ContextState):
+            return value
+        query = _common.query_text(value)
+        if isinstance(value, dict):  # the other keys become state metadata (e.g. "beliefs")
+            meta = {k: v for k, v in value.items() if k not in ("query", "question", "input")}
+            return ContextState(query=query, metadata=meta)
+        return query
 
     def _run_batch(self, inputs: list[Any]) -> list[Any]:
         states = self.pipeline.batch([self._query(v) for v in inputs])
