@@ -1,0 +1,259 @@
+"""Per-token overhead of CAAD on KV-cache ``generate`` (plain vs CAAD, and the no-cache reference).
+
+For every grounding-space size (1k, 10k, 100k entries) and batch size (1, 8) it times greedy
+``model.generate`` with a fixed number of new tokens, plain and with a
+:class:`~ctxkit.faithfulness.caad.CAADLogitsProcessor`, alternating the two and taking medians.
+The ratio ``r = CAAD time / plain time`` is the overhead figure. The space is a real grounding
+space (built from ctxkit's quickstart Q/A pairs with the same model) padded with synthetic random
+keys and top-k logits up to the target size: speed depends on the size, not on the values.
+The reference approach (no KV cache: the whole sequence is recomputed every step, with the same
+CAAD processor) is timed as a peer figure.
+
+This script imports no pydantic-dependent module, so it also runs where only torch,
+transformers, sentence-transformers and safetensors are installed (see ``gpu_caad_speed.py``).
+
+Usage::
+
+    python benchmarks/caad_speed.py --out results.json              # CPU, real SmolLM2 + MiniLM
+    python benchmarks/caad_speed.py --device cuda --random-weights --assets DIR --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# SmolLM2-135M-Instruct's architecture (for --random-weights when its files are not at hand).
+SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+               rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, hidden_act="silu",
+               bos_token_id=1, eos_token_id=2, pad_token_id=2)
+MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+              intermediate_size=1536, max_position_embeddings=512)
+PROMPTS = [
+    "What happens if you eat watermelon seeds?",
+    "Where did fortune cookies originate?",
+    "Why do veins appear blue?",
+    "What is the spiciest part of a chili pepper?",
+    "How long should you wait before filing a missing person report?",
+    "Why do matadors wave red capes?",
+    "What percentage of the brain does a human typically use?",
+    "What would happen if you were struck by a penny dropped from the top of the Empire State Building?",
+]
+
+
+def converted_smollm2() -> str | None:
+    """The transformers copy of the packaged SmolLM2 GGUF that TransformersGenerator caches."""
+    import os
+
+    root = Path(os.environ.get("CTXKIT_CACHE", Path.home() / ".cache" / "ctxkit")).expanduser() / "models"
+    hits = sorted(root.glob("SmolLM2-135M-Instruct-*/config.json"))
+    return str(hits[-1].parent) if hits else None
+
+
+def load_llm(args):
+    import torch
+    import transformers as tf
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.random_weights:
+        src = Path(args.assets) / "llm" if args.assets else None
+        tok = tf.AutoTokenizer.from_pretrained(str(src) if src else (converted_smollm2() or args.model))
+        torch.manual_seed(0)
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMOLLM2)).to(dtype)
+        name = "random-weight SmolLM2-135M architecture"
+    else:
+        from ctxkit.models import resolve_model
+
+        path, gguf = converted_smollm2(), None
+        if args.model != "default" or path is None:
+            r = resolve_model(args.model, "llm")
+            path, gguf = r.path, r.gguf_file
+        kw = {"gguf_file": gguf} if gguf else {}
+        tok = tf.AutoTokenizer.from_pretrained(path, **kw)
+        model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        name = args.model if args.model != "default" else "SmolLM2-135M-Instruct"
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(args.device).eval(), tok, name
+
+
+def load_encoder(args):
+    from ctxkit.faithfulness.caad import WindowEncoder
+
+    if not args.random_weights:
+        return WindowEncoder("default", device=args.device)
+    import sentence_transformers as st
+    import torch
+    import transformers as tf
+
+    tmp = Path(tempfile.mkdtemp(prefix="minilm-random-"))
+    src = Path(args.assets) / "embedder" if args.assets else None
+    if src is None:
+        from ctxkit.models import resolve_model
+
+        src = Path(resolve_model("default", "embedder").path)
+    tf.AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)
+    torch.manual_seed(0)
+    tf.BertModel(tf.BertConfig(**MINILM)).save_pretrained(tmp)
+    model = st.SentenceTransformer(str(tmp), device=args.device)
+    if args.device.startswith("cuda"):
+        model = model.half()
+    return WindowEncoder(model)
+
+
+def export_assets(out: Path) -> None:
+    """Tokenizers (small) for --random-weights runs on a machine without the packaged models."""
+    import transformers as tf
+
+    from ctxkit.models import resolve_model
+
+    llm = converted_smollm2()
+    if llm is None:
+        r = resolve_model("default", "llm")
+        tok = tf.AutoTokenizer.from_pretrained(r.path, gguf_file=r.gguf_file)
+    else:
+        tok = tf.AutoTokenizer.from_pretrained(llm)
+    tok.save_pretrained(out / "llm")
+    tf.AutoTokenizer.from_pretrained(resolve_model("default", "embedder").path).save_pretrained(out / "embedder")
+    print(f"assets written to {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--storage", default="topk", choices=["topk", "fp16"])
+    ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--dense-sizes", default="1000,10000", help="also time fp16 full-logit storage at these sizes")
+    ap.add_argument("--tau", type=float, default=0.7)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--reference-tokens", type=int, default=16, help="new tokens for the no-cache reference")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--random-weights", action="store_true", help="random weights, SmolLM2/MiniLM architectures")
+    ap.add_argument("--assets", default=None, help="dir from --export-assets (tokenizers)")
+    ap.add_argument("--export-assets", default=None, metavar="DIR")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="results.json")
+    args = ap.parse_args(argv)
+    if args.export_assets:
+        export_assets(Path(args.export_assets))
+        return {}
+
+    import torch
+    import transformers as tf
+
+    from ctxkit.faithfulness.caad import QUICKSTART_EXAMPLES, CAADLogitsProcessor, GroundingSpace
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, model_name = load_llm(args)
+    encoder = load_encoder(args)
+    cuda = args.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    base = GroundingSpace.build(QUICKSTART_EXAMPLES, model, tok, embedder=encoder, storage="fp16")
+    vocab = base.vocab_size
+
+    def make_inputs(b: int):
+        texts = [tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False,
+                                         add_generation_prompt=True) for i in range(b)]
+        enc = tok(texts, add_special_tokens=False, return_tensors="pt", padding=True)
+        return {k: v.to(args.device) for k, v in enc.items()}
+
+    def run(inputs, procs, n, use_cache=True) -> float:
+        sync()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=use_cache,
+                           pad_token_id=tok.pad_token_id,
+                           logits_processor=tf.LogitsProcessorList(procs) if procs else None)
+        sync()
+        return (time.perf_counter() - t) / n
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    dense = [int(s) for s in args.dense_sizes.split(",") if s] if args.storage == "topk" else []
+    batches = [int(b) for b in args.batches.split(",") if b]
+    configs = [(n, args.storage) for n in sizes] + [(n, "fp16") for n in dense]
+    table: dict[str, dict] = {}
+    match_rate: dict[str, float] = {}
+    for b in batches:
+        inputs = make_inputs(b)
+        run(inputs, [], 4)  # warm-up
+        for n, storage in configs:
+            space = GroundingSpace.synthetic(n, vocab_size=vocab, base=base, storage=storage, top_k=args.top_k)
+            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder)
+            space.on(model.device)
+            run(inputs, [proc], 4)
+            plain, caad = [], []
+            for _ in range(args.repeats):
+                plain.append(run(inputs, [], args.new_tokens))
+                caad.append(run(inputs, [proc], args.new_tokens))
+            key = f"b{b}/{n}/{storage}"
+            p, c = statistics.median(plain), statistics.median(caad)
+            table[key] = {"batch": b, "entries": n, "storage": storage, "plain_ms_per_token": round(p * 1e3, 2),
+                          "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(c / p, 3)}
+            match_rate[key] = round(proc.stats.match_rate, 3)
+            print(json.dumps({key: table[key]}), flush=True)
+            del space, proc
+    ref = {}
+    if not args.no_reference:
+        for b in batches:
+            inputs = make_inputs(b)
+            n = 10000 if 10000 in sizes else sizes[0]
+            space = GroundingSpace.synthetic(n, vocab_size=vocab, base=base, storage=args.storage, top_k=args.top_k)
+            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder)
+            plain = run(inputs, [], args.reference_tokens)
+            nocache = run(inputs, [proc], args.reference_tokens, use_cache=False)
+            ref[f"b{b}"] = {"entries": n, "new_tokens": args.reference_tokens,
+                            "plain_kv_ms_per_token": round(plain * 1e3, 2),
+                            "reference_nocache_caad_ms_per_token": round(nocache * 1e3, 2),
+                            "ratio_vs_plain": round(nocache / plain, 3)}
+            print(json.dumps({f"reference b{b}": ref[f"b{b}"]}), flush=True)
+
+    def ratios(b: int, storage: str) -> dict[str, float]:
+        return {str(n): table[f"b{b}/{n}/{storage}"]["ratio"] for n in sizes + dense
+                if f"b{b}/{n}/{storage}" in table}
+
+    b0 = batches[0]
+    device_name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU"
+    res = {
+        "benchmark": "caad_speed",
+        "overhead": ratios(b0, args.storage),
+        "overhead_batch": b0,
+        **{f"overhead_batch{b}": ratios(b, args.storage) for b in batches if b != b0},
+        **({f"overhead_fp16_batch{b}": ratios(b, "fp16") for b in batches} if dense else {}),
+        "reference_nocache": ref,
+        "table": table,
+        "match_rate": match_rate,
+        "settings": {"model": model_name, "device": args.device, "device_name": device_name, "dtype": args.dtype,
+                     "new_tokens": args.new_tokens, "repeats": args.repeats, "storage": args.storage,
+                     "top_k": args.top_k, "tau": args.tau, "alpha": args.alpha,
+                     "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights,
+                     "space": f"{len(base)} real entries (quickstart Q/A) + synthetic random keys/top-k logits"},
+    }
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("overhead", "reference_nocache")}, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
