@@ -124,16 +124,17 @@ class HybridRetriever(BaseRetriever):
     fused and the top ``k`` kept. Every passage keeps each input's score in ``Passage.scores``
     (e.g. ``"chroma"``, ``"bm25"``) plus the fused score under this stage's name.
 
-    Why the default is ``convex`` + ``minmax`` with dense weight 0.7: Bruch et al. (2023) show
-    that a convex combination of normalised scores beats RRF both in and out of domain, because
-    RRF discards score gaps: when one retriever is clearly confident and the other is not, RRF
-    still gives both the same say. They also find the combination is robust to the choice of
-    normalisation and needs little data to set its single weight, and that the best weight leans
-    towards the semantic retriever when it is the stronger one. We take a fixed dense-leaning
-    prior (0.7/0.3, the same order of magnitude as the weights that paper and common practice,
-    e.g. Weaviate's default ``alpha=0.75``, use) instead of fitting it to any benchmark's
-    queries. Per-query min-max normalisation makes the lexical contribution shrink on its own
-    when BM25's list is flat (no clear winner), which is what protects dense-strong data sets.
+    Why the default is ``convex`` + ``minmax`` with dense weight 0.7: Bruch et al. (2023) find
+    that a convex combination of normalised scores beats RRF in and out of domain, because RRF
+    keeps only ranks and throws away score gaps (a retriever that is sure and one that is not get
+    the same say), and that the single weight of the combination needs very few queries to set.
+    With min-max normalisation both lists span [0, 1] per query, so the weight alone decides how
+    far the lexical list can move a passage: at 0.7/0.3 BM25 can reorder passages whose dense
+    scores are close, and promote strong exact-term matches (names, numbers, rare words), but
+    cannot push a clearly better dense match down far. That bounds the loss on data sets where
+    BM25 is weak. 0.7/0.3 is a fixed prior (the dense-leaning side that paper reports; Weaviate's
+    default ``alpha=0.75`` is the same idea), not a value fitted to our benchmark's queries;
+    ``benchmarks/retrieval.py`` reports the neighbouring settings too.
 
     Args:
         retrievers: The input stages (any :class:`BaseRetriever`, or any stage that fills
