@@ -285,3 +285,13 @@ def test_gguf_cache_key_follows_size_and_mtime(tmp_path, monkeypatch):
     os.utime(f, ns=(2_000_000_000, 2_000_000_000))
     c = _gguf_cache_path("org/My Model", f)
     assert len({a, b, c}) == 3
+
+
+def test_dtype_setting_is_applied(tiny_llm_dir):
+    import torch
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", dtype="bfloat16")
+    assert gen.model.dtype == torch.bfloat16
+    out = gen.generate(PROMPTS[:2], max_new_tokens=3)
+    assert all(g.ok and g.n_tokens == 3 or g.finish_reason == "stop" for g in out)
+    assert not math.isnan(gen.score(PROMPTS[:1], ["fox"])[0])
