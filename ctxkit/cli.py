@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "ctxkit.retrievers.cli",
     "ctxkit.llm.cli",
     "ctxkit.faithfulness.cli",
+    "ctxkit.faithfulness.caad_cli",
 ]
 
 
