@@ -295,3 +295,13 @@ def test_dtype_setting_is_applied(tiny_llm_dir):
     out = gen.generate(PROMPTS[:2], max_new_tokens=3)
     assert all(g.ok and g.n_tokens == 3 or g.finish_reason == "stop" for g in out)
     assert not math.isnan(gen.score(PROMPTS[:1], ["fox"])[0])
+
+
+def test_strip_context_markers_still_truncates_only_context(tiny_llm_dir):
+    conv = [{"role": "user", "content": "<context>" + "the lazy dog " * 30 + "</context> q: who"}]
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", strip_context_markers=True, max_input_tokens=40)
+    assert gen.render("<context>x</context> y") == "<|user|>x y</s><|assistant|>"
+    prompt = gen.prompt(conv)
+    assert "<context>" not in prompt and prompt.endswith("q: who</s><|assistant|>")
+    assert "the lazy dog" in prompt and len(gen.tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= 40
+    assert gen.to_spec()["strip_context_markers"] is True

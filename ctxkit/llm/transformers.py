@@ -72,6 +72,9 @@ class TransformersGenerator(BaseGenerator):
         chat_template: Apply the tokenizer's chat template (``True``), or a Jinja template
             string to use instead. ``False`` joins message contents with blank lines.
         context_markers: The (open, close) strings that delimit truncatable context.
+        strip_context_markers: Remove the markers from the prompt the model sees (they still
+            delimit what may be truncated). Off by default: the tags also tell the model where
+            the context is.
         trust_remote_code: Passed to ``from_pretrained`` (off by default).
         show_progress: Show a progress bar over batches.
 
@@ -92,6 +95,7 @@ class TransformersGenerator(BaseGenerator):
         logits_processors: Sequence[Any] | None = None,
         chat_template: bool | str = True,
         context_markers: tuple[str, str] = (CONTEXT_OPEN, CONTEXT_CLOSE),
+        strip_context_markers: bool = False,
         trust_remote_code: bool = False,
         show_progress: bool = False,
     ) -> None:
@@ -128,6 +132,7 @@ class TransformersGenerator(BaseGenerator):
         self.logits_processors = list(logits_processors or [])
         self.chat_template = chat_template
         self.context_markers = (context_markers[0], context_markers[1])
+        self.strip_context_markers = bool(strip_context_markers)
         self.trust_remote_code = trust_remote_code
         self.show_progress = show_progress
         self._model: Any = None
@@ -173,6 +178,8 @@ class TransformersGenerator(BaseGenerator):
                 spec[key] = value
         if self.context_markers != (CONTEXT_OPEN, CONTEXT_CLOSE):
             spec["context_markers"] = list(self.context_markers)
+        if self.strip_context_markers:
+            spec["strip_context_markers"] = True
         if self.default_settings != SamplingSettings():
             spec["settings"] = self.default_settings.model_dump(exclude_defaults=True)
         return spec
@@ -261,6 +268,9 @@ class TransformersGenerator(BaseGenerator):
 
     def _render(self, messages: list[Message]) -> str:
         tok = self.tokenizer
+        if self.strip_context_markers:
+            o, c = self.context_markers
+            messages = [Message(role=m.role, content=m.content.replace(o, "").replace(c, "")) for m in messages]
         if self.chat_template is False:
             return "\n\n".join(m.content for m in messages)
         dicts = [{"role": m.role, "content": m.content} for m in messages]
