@@ -353,3 +353,26 @@ def test_llm_preference_labels_with_tiny_model(tmp_path: Path, tiny_llm_dir: Pat
     assert r.fit(store)["groups"] == 2
     with pytest.raises(InputError, match="known answer"):
         llm_preference_labels(gen, [ContextState(query="q", passages=examples[0].passages)], store)
+
+
+def test_build_cascade_over_real_index(tmp_path: Path, minilm) -> None:
+    """Matching (real Chroma + BM25) -> bi-encoder -> ranker -> arranger -> record, via cascade_demo."""
+    from ctxkit.rankers import FeedbackStore, cascade_demo
+    from ctxkit.retrievers import ingest
+
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate([
+        "Penicillin was discovered by Alexander Fleming in 1928.",
+        "The Eiffel Tower was completed in 1889 in Paris.",
+        "Foxes are small omnivorous mammals.",
+        "Fleming worked at St Mary's Hospital in London.",
+        "Antibiotics such as penicillin treat bacterial infections.",
+    ])]
+    ingest(docs, tmp_path / "index")
+    lines: list[str] = []
+    state = cascade_demo(tmp_path / "index", "who discovered penicillin?", print_fn=lines.append,
+                         match_k=5, prerank_k=4, rank_k=3, feedback_db=tmp_path / "fb.sqlite", device="cpu")
+    assert [(r.stage, r.n_out) for r in state.trace.stages] == [
+        ("hybrid", 5), ("bi_encoder", 4), ("feedback_ranker", 3), ("arrange", 3), ("record_feedback", 3)]
+    assert state.passages[0].doc_id == "d0"
+    assert any("bi_encoder" in ln and "feedback_ranker" in ln for ln in lines)
+    assert FeedbackStore(tmp_path / "fb.sqlite").get(state.trace.list_id).items[0]["id"] == state.passages[0].id
