@@ -20,13 +20,14 @@ from ctxkit.rankers import Arranger, BiEncoderPreRanker
 from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, ingest
 
 DOCUMENTS = [
-    {"id": "fleming", "text": "Penicillin was discovered by Alexander Fleming in 1928 in London."},
-    {"id": "forum", "text": "A forum post claims penicillin was discovered by Louis Pasteur in 1901."},
+    {"id": "forum", "text": "Penicillin was discovered by Louis Pasteur in 1901, a forum post claims."},
+    {"id": "fleming", "text": "Alexander Fleming worked at St Mary's Hospital in London."},
     {"id": "eiffel", "text": "The Eiffel Tower in Paris was completed in 1889 for the World's Fair."},
     {"id": "curie", "text": "Marie Curie discovered polonium and radium with Pierre Curie."},
 ]
 # What we trust (a knowledge base, an earlier verified answer...): the conflict check compares
-# every retrieved passage with these and annotates explicit, fact-level disagreements.
+# every retrieved passage with these and annotates explicit, fact-level disagreements. (A passage
+# that states the believed value more on topic outweighs a conflicting one: here none does.)
 BELIEFS = ["Penicillin was discovered by Alexander Fleming.", "The Eiffel Tower was completed in 1889."]
 
 
@@ -48,7 +49,7 @@ def main() -> None:
 
     # 2. the LCEL chain: context (conflicts annotated) -> prompt -> chat model -> text
     prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer the question from the context in one short sentence. Ignore passages marked as conflicting."),
+        ("system", "Answer the question in one short sentence. Where a passage is marked as conflicting, trust the belief."),
         ("human", "Context:\n{context}\n\nQuestion: {question}"),
     ])
     model = CtxkitChatModel(generator=TransformersGenerator("default"), max_new_tokens=32)
