@@ -132,3 +132,19 @@ def test_public_api_resolves_lazily():
     for name in llm.__all__:
         assert getattr(llm, name) is not None, name
     assert sorted(llm.__all__) == dir(llm)
+
+
+def test_stage_sampling_overrides_only_the_fields_it_sets(tiny_llm_dir):
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", settings={"max_new_tokens": 2})
+    forced = []
+
+    class Record:
+        def __call__(self, input_ids, scores):
+            forced.append(input_ids.shape[1])
+            return scores
+
+    gen.logits_processors = [Record()]
+    stage = GenerateAnswer(generator=gen, sampling={"stop": ["zzz"]})
+    out = stage(_states()[:1])
+    assert out[0].answer is not None and len(forced) <= 2  # max_new_tokens=2 kept from the generator
+    assert stage.to_config()["sampling"] == {"stop": ["zzz"]}

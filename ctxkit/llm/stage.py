@@ -51,7 +51,8 @@ class GenerateAnswer(BaseStage):
         passage_separator: Text between passages.
         system: Optional system message.
         max_passages: Use at most this many passages (in their current order).
-        sampling: Sampling settings for this stage (``None``: the generator's defaults).
+        sampling: Sampling settings for this stage; the fields given override the generator's
+            defaults, the others keep them (``None``: the generator's defaults).
 
     On each state: ``prompt`` is the user message, ``answer`` the generated text (``None`` on
     failure, with the error in ``trace.errors`` and the counter ``generation_errors``).
@@ -133,7 +134,7 @@ class GenerateAnswer(BaseStage):
         if self.sampling is None:
             cfg.pop("sampling", None)
         else:
-            cfg["sampling"] = self.sampling.model_dump(exclude_defaults=True)
+            cfg["sampling"] = self.sampling.model_dump(exclude_unset=True)
         return cfg
 
     # -- prompt ----------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class GenerateAnswer(BaseStage):
     # -- running ---------------------------------------------------------------------------------
     def run(self, states: list[ContextState]) -> list[ContextState]:
         batch = [self.build_messages(s) for s in states]
-        gens = self.generator_obj.generate(batch, self.sampling)
+        gens = self.generator_obj.generate(batch, None, **self._overrides())
         return self._store(states, gens)
 
     async def arun(self, states: list[ContextState]) -> list[ContextState]:
@@ -162,8 +163,11 @@ class GenerateAnswer(BaseStage):
 
         await asyncio.to_thread(self._ensure_warm)
         batch = [self.build_messages(s) for s in states]
-        gens = await self.generator_obj.agenerate(batch, self.sampling)
+        gens = await self.generator_obj.agenerate(batch, None, **self._overrides())
         return self._store(states, gens)
+
+    def _overrides(self) -> dict[str, Any]:
+        return self.sampling.model_dump(exclude_unset=True) if self.sampling is not None else {}
 
     def _store(self, states: list[ContextState], gens: list[Generation]) -> list[ContextState]:
         if len(gens) != len(states):
