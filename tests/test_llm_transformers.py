@@ -128,10 +128,11 @@ def test_one_bad_item_does_not_abort_the_batch(tiny_llm_dir):
     too_long = "what who when where " * 20  # no context to cut
     out = gen.generate(
         ["the quick brown fox", too_long, [{"role": "user", "content": "<context>open but never closed"}],
-         [{"role": "robot", "content": "x"}], "yes"],
+         [{"role": "robot", "content": "x"}], "yes", []],
         max_new_tokens=4,
     )
-    assert [g.ok for g in out] == [True, False, False, False, True]
+    assert [g.ok for g in out] == [True, False, False, False, True, False]
+    assert "empty conversation" in out[5].error
     assert out[1].finish_reason == "error" and "prompt too long" in out[1].error
     assert "never closes" in out[2].error
     assert out[3].error and out[3].text == ""

@@ -331,9 +331,13 @@ class TransformersGenerator(BaseGenerator):
 
     def _prepare(self, messages: list[Message], budget: int) -> tuple[list[int], int]:
         """Token ids of the prompt within ``budget``; returns (ids, context tokens removed)."""
+        if not messages:
+            raise InputError("empty conversation: give at least one message")
         for m in messages:  # malformed markers are an error even when no truncation is needed
             self._context_spans(m.content)
         ids = self._encode(self._render(messages))
+        if not ids:
+            raise InputError("the prompt is empty after rendering; give a non-empty message")
         if len(ids) <= budget:
             return ids, 0
         removed = 0
