@@ -15,6 +15,12 @@ Metrics (test split = every pair after the first ``--dev`` ids of each set, in f
 * ``baseline``: plain cosine ranking of sentences against the belief text with
   all-MiniLM-L6-v2 (recall@1 / recall@5).
 
+Flags: the detector flags a sentence when its mismatch >= threshold, its relevance >=
+min_relevance and no sentence stating the believed value is more on topic. The pair-level flag
+is the best-ranked flagged sentence (as ``detect(top_k=1)`` returns it): a true positive when
+it is a target sentence; a false positive when it is another sentence or when anything is
+flagged in the golden context.
+
 The dev split (first ``--dev`` ids) is used only to pick ``alpha`` and ``mismatch_weight`` from a
 small grid (``--tune``); the detector defaults are the values picked this way.
 
@@ -70,8 +76,26 @@ def targets(sentences: list[str], answer: str) -> set[int]:
     return {i for i, s in enumerate(sentences) if a in f" {_norm(s)} "}
 
 
+class MemoEmbedder:
+    """Benchmark-only memo around the embedder: golden and negative contexts share sentences."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.memo: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str], batch_size: int | None = None, **kw) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.memo))
+        if todo:
+            vecs = self.inner.encode(todo, batch_size=batch_size or 128)
+            self.memo.update(zip(todo, vecs, strict=True))
+        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+
 def evaluate(rows: list[dict], alpha: float, w: float, det: ConflictDetector) -> dict:
+    """Ranking recall and flag precision/recall; the flag of a pair is the detector's top-1
+    flagged sentence (``detect(top_k=1)``); ``*_all`` counts every flagged sentence."""
     r1 = r5 = tp = fp = n = 0
+    tp_all = fp_all = 0
     neg_flagged = gold_flagged = 0
     for row in rows:
         if not row["targets"]:
@@ -85,17 +109,17 @@ def evaluate(rows: list[dict], alpha: float, w: float, det: ConflictDetector) ->
         order = [s[1] for s in scores]
         r1 += order[0] in row["targets"]
         r5 += bool(set(order[:5]) & row["targets"])
-        flags = {ci for _, ci, rel, m in scores if m >= det.threshold and rel >= det.min_relevance}
-        tp_pair = bool(flags & row["targets"])
-        tp += tp_pair
-        fp += len(flags - row["targets"])
-        neg_flagged += bool(flags)
-        gflags = [
-            c for c in row["gold_cands"]
-            if c.mismatch >= det.threshold
-            and alpha * c.similarity + (1 - alpha) * c.info["lex"] >= det.min_relevance
-        ]
-        fp += len(gflags)
+        flagged = {c.chunk for c in row["neg_cands"] if c.flagged}
+        top_flag = next((ci for _, ci, _, _ in scores if ci in flagged), None)
+        if top_flag is not None:
+            tp += top_flag in row["targets"]
+            fp += top_flag not in row["targets"]
+        tp_all += bool(flagged & row["targets"])
+        fp_all += len(flagged - row["targets"])
+        neg_flagged += bool(flagged)
+        gflags = [c for c in row["gold_cands"] if c.flagged]
+        fp += bool(gflags)
+        fp_all += len(gflags)
         gold_flagged += bool(gflags)
     n_flags = tp + fp
     return {
@@ -104,6 +128,8 @@ def evaluate(rows: list[dict], alpha: float, w: float, det: ConflictDetector) ->
         "recall@5": round(r5 / max(n, 1), 4),
         "flag_precision": round(tp / n_flags, 4) if n_flags else 0.0,
         "flag_recall": round(tp / max(n, 1), 4),
+        "flag_precision_all": round(tp_all / (tp_all + fp_all), 4) if tp_all + fp_all else 0.0,
+        "flag_recall_all": round(tp_all / max(n, 1), 4),
         "pairs_flagged_negative": round(neg_flagged / max(n, 1), 4),
         "pairs_flagged_golden": round(gold_flagged / max(n, 1), 4),
     }
@@ -111,7 +137,7 @@ def evaluate(rows: list[dict], alpha: float, w: float, det: ConflictDetector) ->
 
 def baseline(rows: list[dict], det: ConflictDetector) -> dict:
     r1 = r5 = n = 0
-    emb = det.embedder
+    emb = det.embedder  # the memo: sentences were embedded by the detector already
     for i in tqdm(range(0, len(rows), 64), desc="baseline", leave=False):
         batch = [r for r in rows[i : i + 64] if r["targets"]]
         if not batch:
@@ -146,6 +172,7 @@ def main() -> int:
         print(f"data not found at {data}: pass --data <folder with *_kre_*.json>; nothing to do.")
         return 0
     det = ConflictDetector(device=args.device)
+    det._embedder = MemoEmbedder(det.embedder)
     results: dict = {"config": {"dev": args.dev, "embedder": "all-MiniLM-L6-v2", "device": args.device}}
     t0 = time.time()
     for name in ("squad", "musique"):
@@ -169,6 +196,7 @@ def main() -> int:
             for a in (0.3, 0.5, 0.7, 1.0):
                 for w in (0.0, 0.25, 0.5, 1.0, 2.0):
                     grid[f"alpha={a},w={w}"] = evaluate(dev, a, w, det)["recall@1"]
+            # (flags do not depend on the grid: they come from the detector's own settings)
         res = evaluate(test, *chosen, det)
         res["no_target"] = sum(1 for r in test if not r["targets"])
         res["pairs"] = len(test)

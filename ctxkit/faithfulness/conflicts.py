@@ -148,7 +148,9 @@ def span_kind(text: str) -> SpanKind:
     if m and len(m.group(0)) >= 0.5 * len(t):
         return "date"
     matches = [m.group(0) for m in _NUM_RE.finditer(t)]
-    if any(re.search(r"\d", x) for x in matches) and sum(map(len, matches)) >= 0.4 * len(t.replace(" ", "")):
+    if any(re.search(r"\d", x) for x in matches) and (
+        sum(map(len, matches)) >= 0.4 * len(t.replace(" ", "")) or re.match(r"[$€£~]?\d", t)
+    ):
         return "number"
     if all(w.lower() in _NUMBER_WORDS for w in t.split()):
         return "number"
@@ -580,6 +582,17 @@ class ConflictDetector:
                         info={"lex": pr["lex"]},
                     )
                 )
+            # A context that states the believed value where it is most on topic does not
+            # contradict it in a less relevant place: only chunks more on topic than the best
+            # supporting chunk can be flagged.
+            support: dict[int, float] = {}
+            for c in cands:
+                if c.supports:
+                    support[c.belief] = max(support.get(c.belief, -1.0), c.relevance)
+            for c in cands:
+                if c.flagged and c.relevance <= support.get(c.belief, -1.0):
+                    c.flagged = False
+                    c.info["outweighed_by_support"] = True
             out.append(cands)
         return out
 

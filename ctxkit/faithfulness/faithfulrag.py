@@ -129,7 +129,7 @@ class SelfKnowledge(_GeneratorStage):
     def run(self, states: list[ContextState]) -> list[ContextState]:
         texts = self._generate(states, [knowledge_prompt(s.query) for s in states], "knowledge")
         for s, t in zip(states, texts, strict=True):
-            s.metadata["self_knowledge"] = _list_items(s, t)
+            s.metadata["self_knowledge"] = None if t is None else _list_items(s, t)
         return states
 
 
@@ -139,9 +139,13 @@ class SelfContext(_GeneratorStage):
     stage_type = "self_context"
 
     def run(self, states: list[ContextState]) -> list[ContextState]:
-        prompts = [self_context_prompt(s.query, list(s.metadata.get("self_knowledge") or [])) for s in states]
-        texts = self._generate(states, prompts, "context")
-        for s, t in zip(states, texts, strict=True):
+        # an item whose knowledge step failed (None) is skipped, not sent again
+        todo = [s for s in states if not ("self_knowledge" in s.metadata and s.metadata["self_knowledge"] is None)]
+        prompts = [self_context_prompt(s.query, list(s.metadata.get("self_knowledge") or [])) for s in todo]
+        texts = self._generate(todo, prompts, "context")
+        for s in states:
+            s.metadata["self_context"] = ""
+        for s, t in zip(todo, texts, strict=True):
             s.metadata["self_context"] = (t or "").strip()
         return states
 

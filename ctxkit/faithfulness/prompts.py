@@ -83,7 +83,8 @@ def answer_prompt(
     ]
     parts.append(f"Context:\n{open_}{context}{close}")
     if facts:
-        parts.append("Key sentences from the context:\n" + "\n".join(f"- {f}" for f in facts))
+        key = "\n".join(f"- {f}" for f in facts)
+        parts.append(f"Key sentences from the context:\n{open_}{key}{close}")
     if note:
         parts.append(note)
     parts.append(f"Question: {question}")

@@ -1,0 +1,153 @@
+"""LLM-free conflict records with the real all-MiniLM-L6-v2 embedder."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctxkit import Pipeline, build_stage
+from ctxkit.errors import ConfigError, InputError
+from ctxkit.faithfulness.conflicts import (
+    Belief,
+    ConflictCheck,
+    ConflictDetector,
+    extract_spans,
+    format_conflicts,
+    span_kind,
+    split_chunks,
+)
+from ctxkit.types import ContextState, Passage
+
+
+@pytest.fixture(scope="module")
+def detector(minilm) -> ConflictDetector:
+    det = ConflictDetector()
+    det._embedder = minilm
+    return det
+
+
+def test_span_kinds_and_extraction() -> None:
+    assert span_kind("1889") == "date"
+    assert span_kind("May 1990") == "date"
+    assert span_kind("19th century") == "date"
+    assert span_kind("330 metres") == "number"
+    assert span_kind("$5 million") == "number"
+    assert span_kind("France") == "entity"
+    assert span_kind("Baja California") == "entity"
+    assert span_kind("wine") == "other"
+    spans = extract_spans("The tower in Lyon was completed on 3 May 1901 and is 330 m tall.")
+    assert [(s.text, s.kind) for s in spans] == [("Lyon", "entity"), ("3 May 1901", "date"), ("330", "number")]
+
+
+def test_split_chunks_packs_sentences_without_empty_chunks() -> None:
+    long = " ".join(["word"] * 30) + "."
+    text = f"{long} Short one. Another short one. A third sentence here."
+    chunks = split_chunks(text, 20)
+    assert chunks[0] == long  # a long first sentence is its own chunk, no empty chunk before it
+    assert chunks[1] == "Short one. Another short one. A third sentence here."
+    assert all(c.strip() for c in chunks)
+    assert split_chunks("", 20) == []
+    assert split_chunks("One. Two. Three.", 0) == ["One.", "Two.", "Three."]
+
+
+def test_belief_coercion() -> None:
+    b = Belief.coerce("In what country is Normandy located? France")
+    assert (b.answer, b.topic) == ("France", "In what country is Normandy located?")
+    plain = Belief.coerce("The Eiffel Tower was completed in 1889.")
+    assert plain.answer is None and plain.topic == plain.text
+    with pytest.raises(InputError):
+        Belief.coerce(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("belief", "context", "kind", "bspan", "cspan"),
+    [
+        ("The Eiffel Tower was completed in 1889.",
+         "Paris has many museums. The Eiffel Tower was completed in 1901 for the fair.", "date", "1889", "1901"),
+        ("In what country is Normandy located? France",
+         "The Normans were raiders from Denmark. They gave their name to Normandy, a region in Spain.",
+         "entity", "France", "Spain"),
+        ("How tall is the Eiffel Tower? 330 metres",
+         "The Eiffel Tower is 250 metres tall. It is made of wrought iron.", "number", "330 metres", "250"),
+        ("The Eiffel Tower is made of wrought iron.",
+         "Tourists love Paris. The Eiffel Tower is not made of wrought iron.", "negation", None, None),
+    ],
+)
+def test_detects_kind_and_spans(detector, belief, context, kind, bspan, cspan) -> None:
+    conflicts = detector.detect([belief], context)
+    assert conflicts, "expected a conflict"
+    top = conflicts[0]
+    assert top.kind == kind
+    assert top.belief_span == bspan
+    assert top.chunk_span == cspan
+    assert 0.0 < top.score <= 1.0
+    assert top.belief == Belief.coerce(belief).text
+
+
+def test_agreeing_or_unrelated_context_gives_no_conflict(detector) -> None:
+    assert detector.detect(["The Eiffel Tower was completed in 1889."],
+                           ["The Eiffel Tower was completed in 1889 for the World's Fair."]) == []
+    assert detector.detect(["In what country is Normandy located? France"],
+                           ["Normandy is a region in France."]) == []
+    assert detector.detect(["The Eiffel Tower was completed in 1889."],
+                           ["Penicillin is an antibiotic used against infections."]) == []
+
+
+def test_rank_puts_the_substituted_sentence_first(detector) -> None:
+    sentences = [
+        "Normandy is famous for its cheese and apples.",
+        "The Normans gave their name to Normandy, a region in Spain.",
+        "Rollo was a Viking leader in the 10th century.",
+    ]
+    ranked = detector.rank([[Belief.from_answer("In what country is Normandy located?", "France")]], [sentences])[0]
+    assert ranked[0].chunk == 1 and ranked[0].flagged
+    assert not any(c.flagged for c in ranked[1:])
+
+
+def test_detect_batch_checks_lengths(detector) -> None:
+    with pytest.raises(InputError):
+        detector.detect_batch([["a belief"]], [])
+
+
+def _state(text: str, pid: str = "p1", **metadata) -> ContextState:
+    return ContextState(query="When was the Eiffel Tower completed?",
+                        passages=[Passage(id=pid, text=text), Passage(id="ok", text="Paris is in France.")],
+                        metadata=metadata)
+
+
+def test_conflict_check_stage_sources_and_actions(minilm) -> None:
+    contra = "The Eiffel Tower was completed in 1901."
+    # beliefs from the setting, annotate
+    stage = ConflictCheck(beliefs=["The Eiffel Tower was completed in 1889."])
+    [s] = Pipeline([stage]).batch([_state(contra)])
+    assert [c.passage_id for c in s.conflicts] == ["p1"]
+    assert s.passages[0].scores["conflict_check"] > 0.5 and s.passages[1].scores["conflict_check"] == 0.0
+    assert s.passages[0].metadata["conflicts"][0]["chunk_span"] == "1901"
+    assert s.trace.counters["conflicts.found"] == 1
+    # beliefs from metadata, filter; beliefs from facts, warn; no beliefs -> counted
+    filt = ConflictCheck(action="filter")
+    warn = ConflictCheck(action="warn", beliefs_from="facts")
+    a = _state(contra, beliefs=["The Eiffel Tower was completed in 1889."])
+    b = _state(contra)
+    b.facts = ["The Eiffel Tower was completed in 1889."]
+    c = _state(contra)
+    [a] = filt([a])
+    assert [p.id for p in a.passages] == ["ok"] and a.trace.counters["conflicts.filtered"] == 1
+    [b, c] = warn([b, c])
+    assert "1901" in b.metadata["conflict_note"] and "[date]" in b.metadata["conflict_note"]
+    assert c.conflicts == [] and c.trace.counters["conflicts.no_beliefs"] == 1
+
+
+def test_conflict_check_config_roundtrip_and_validation() -> None:
+    stage = ConflictCheck(beliefs=["x is y"], action="warn", threshold=0.6)
+    again = build_stage(stage.to_config())
+    assert isinstance(again, ConflictCheck) and again.to_config() == stage.to_config()
+    with pytest.raises(ConfigError, match="action"):
+        ConflictCheck(action="explode")
+    with pytest.raises(ConfigError, match="threshold"):
+        ConflictCheck(threshold=2.0)
+
+
+def test_format_conflicts_empty_and_listing(detector) -> None:
+    assert format_conflicts([]) == ""
+    found = detector.detect(["The Eiffel Tower was completed in 1889."], ["The Eiffel Tower was completed in 1901."])
+    assert "'1889' vs '1901'" in format_conflicts(found)
