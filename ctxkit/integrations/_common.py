@@ -207,3 +207,12 @@ def default_settings(generator: Any) -> SamplingSettings | None:
     """The generator's own default settings when it exposes them."""
     s = getattr(generator, "default_settings", None)
     return s if isinstance(s, SamplingSettings) else None
+
+
+def model_name(generator: Any) -> str:
+    """A readable name of the generator's model (for tracing / metadata)."""
+    for attr in ("model_name", "model"):
+        value = getattr(generator, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(generator).__name__

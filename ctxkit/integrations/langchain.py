@@ -464,7 +464,7 @@ class CtxkitChatModel(_common.ValidatedInit, BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "generator": type(self.generator).__name__,
-            "model": str(getattr(self.generator, "model", "")),
+            "model": _common.model_name(self.generator),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "seed": self.seed,

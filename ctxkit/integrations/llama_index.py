@@ -269,7 +269,7 @@ class CtxkitLLM(_common.ValidatedInit, CustomLLM):
             context_window=self.context_window,
             num_output=num_output,
             is_chat_model=True,
-            model_name=str(getattr(self.generator, "model", type(self.generator).__name__)),
+            model_name=_common.model_name(self.generator),
         )
 
     def _settings(self, kwargs: dict[str, Any]) -> SamplingSettings | None:
