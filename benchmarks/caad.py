@@ -157,7 +157,31 @@ def main(argv: list[str] | None = None) -> dict:
         return logits[torch.tensor(rows, device=dev), torch.tensor(pos, device=dev)].float()
 
     te = time.time()
-    for item in tqdm(evals, desc="TruthfulQA", unit="q"):
+
+    def report(done: int, final: bool) -> dict:
+        res = {
+            "benchmark": "truthfulqa_mc",
+            "model": args.model,
+            "n_eval": done,
+            "complete": final,
+            "split": f"mc_task.json (790 q) shuffled with seed {args.seed}: grounding pool = first {args.pool}, "
+            f"eval = next {len(evals)} ({done} scored)",
+            "settings": {"alpha": args.alpha, "tau": args.tau, "window": 8, "cad_alpha": args.cad_alpha,
+                         "adacad_alpha": 1.0, "storage": "fp16"},
+            "mc1": {m: round(sum(v) / done, 4) for m, v in mc1.items()},
+            "mc2": {m: round(sum(v) / done, 4) for m, v in mc2.items()},
+            "caad_match_rate": {k: round(sum(v) / len(v), 4) for k, v in match_rates.items()},
+            "build_seconds": build_s,
+            "eval_seconds": round(time.time() - te, 1),
+            "total_seconds": round(time.time() - t0, 1),
+            "machine": f"{platform.machine()} CPU, torch threads={torch.get_num_threads()}",
+        }
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return res
+
+    for qi, item in enumerate(tqdm(evals, desc="TruthfulQA", unit="q")):
+        if qi and qi % 10 == 0:
+            report(qi, False)
         q = item["question"]
         options = list(dict.fromkeys([*item["mc1_targets"], *item["mc2_targets"]]))
         conts = [tok(o, add_special_tokens=False)["input_ids"] for o in options]
@@ -196,26 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
             top = max(scores[o] for o in m2)
             probs = {o: math.exp(scores[o] - top) for o in m2}
             mc2[m].append(sum(p for o, p in probs.items() if m2[o] == 1) / sum(probs.values()))
-    eval_s = time.time() - te
-
-    n = len(evals)
-    res = {
-        "benchmark": "truthfulqa_mc",
-        "model": args.model,
-        "n_eval": n,
-        "split": f"mc_task.json (790 q) shuffled with seed {args.seed}: grounding pool = first {args.pool}, "
-        f"eval = next {n}",
-        "settings": {"alpha": args.alpha, "tau": args.tau, "window": 8, "cad_alpha": args.cad_alpha,
-                     "adacad_alpha": 1.0, "storage": "fp16"},
-        "mc1": {m: round(sum(v) / n, 4) for m, v in mc1.items()},
-        "mc2": {m: round(sum(v) / n, 4) for m, v in mc2.items()},
-        "caad_match_rate": {k: round(sum(v) / len(v), 4) for k, v in match_rates.items()},
-        "build_seconds": build_s,
-        "eval_seconds": round(eval_s, 1),
-        "total_seconds": round(time.time() - t0, 1),
-        "machine": f"{platform.machine()} CPU, torch threads={torch.get_num_threads()}",
-    }
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    res = report(len(evals), True)
     print(json.dumps(res, indent=2))
     return res
 

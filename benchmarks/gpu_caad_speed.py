@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from caad_speed import main  # noqa: E402
+from caad_speed import main
 
 DEFAULTS = ["--device", "cuda", "--random-weights", "--dtype", "bfloat16", "--new-tokens", "64",
             "--repeats", "5", "--reference-tokens", "32", "--dense-sizes", "1000,10000",

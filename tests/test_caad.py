@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ctxkit.errors import ConfigError, InputError  # noqa: E402
-from ctxkit.faithfulness.caad import (  # noqa: E402
+from ctxkit.errors import ConfigError, InputError
+from ctxkit.faithfulness.caad import (
     CAADLogitsProcessor,
     GroundingSpace,
     GroundingSpaceMismatchError,
@@ -161,7 +161,7 @@ def test_batch_equals_per_row_with_left_padding(lm, label_space):
 
 
 def test_windows_ignore_left_padding(lm, space):
-    model, tok = lm
+    _, tok = lm
     qs = ["who", EXAMPLES[1][0]]
     enc = tok([tok.decode(prompt_ids(tok, q)) for q in qs], add_special_tokens=False, return_tensors="pt", padding=True)
     proc = CAADLogitsProcessor(space, tok)

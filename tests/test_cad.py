@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ctxkit.errors import ConfigError, InputError  # noqa: E402
-from ctxkit.faithfulness.decoding import (  # noqa: E402
+from ctxkit.errors import ConfigError, InputError
+from ctxkit.faithfulness.decoding import (
     AdaCADLogitsProcessor,
     CADLogitsProcessor,
     cad_combine,

@@ -35,17 +35,17 @@ from ..errors import ConfigError, InputError, ModelNotAvailableError
 from ._steps import StepTracker
 
 __all__ = [
+    "CAAD",
+    "QUICKSTART_EXAMPLES",
+    "CAADLogitsProcessor",
+    "CAADStats",
     "GroundingSpace",
     "GroundingSpaceMismatchError",
     "WindowEncoder",
-    "CAADLogitsProcessor",
-    "CAAD",
-    "CAADStats",
+    "quickstart_space",
     "score_continuations",
     "tokenizer_fingerprint",
     "window_texts",
-    "quickstart_space",
-    "QUICKSTART_EXAMPLES",
 ]
 
 FORMAT = "ctxkit-caad-space"
@@ -685,7 +685,6 @@ class CAADLogitsProcessor:
         new tensor (``scores`` is not modified); rows without a match are returned unchanged.
         """
         self._ensure_tokenizer()
-        torch = require("torch")
         vs, vk = int(scores.shape[-1]), self.space.vocab_size
         if vs < int(self.space.manifest.get("tokenizer_len", 0)):
             raise GroundingSpaceMismatchError(

@@ -26,7 +26,7 @@ from .._lazy import require
 from ..errors import ConfigError, InputError
 from ._steps import StepTracker
 
-__all__ = ["CADLogitsProcessor", "AdaCADLogitsProcessor", "cad_combine", "js_divergence"]
+__all__ = ["AdaCADLogitsProcessor", "CADLogitsProcessor", "cad_combine", "js_divergence"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class CADLogitsProcessor:
         self.alpha = float(alpha)
         self.adaptive = adaptive
         self.context_markers = (context_markers[0], context_markers[1])
-        self._block = re.compile(re.escape(context_markers[0]) + r".*?" + re.escape(context_markers[1]), re.S)
+        self._block = re.compile(re.escape(context_markers[0]) + r".*?" + re.escape(context_markers[1]), re.DOTALL)
         self.record_stats = record_stats
         self._tracker = StepTracker(getattr(tokenizer, "pad_token_id", None))
         self._pending: list[list[int]] | None = None
