@@ -129,7 +129,11 @@ def load_hotpot(path: Path, max_questions: int = 300) -> tuple[list[Document], d
             for title, sents in row["context"]:
                 if title not in by_title:
                     by_title[title] = Document(id=title, text="".join(sents).strip(), title=title)
-            support = {t for t, _ in row["supporting_facts"]}
+            # Some rows of this file lack a supporting paragraph in their context: only the ones
+            # present are judged, and a question with none is left out.
+            support = {t for t, _ in row["supporting_facts"]} & {t for t, _ in row["context"]}
+            if not support:
+                continue
             queries[row["_id"]] = row["question"]
             qrels[row["_id"]] = {t: 1 for t in support}
     docs = [d for d in by_title.values() if d.text]
@@ -157,7 +161,7 @@ def run_dataset(name: str, docs: list[Document], queries: dict[str, str], qrels:
     for label, r in (("dense", dense), ("bm25", bm25), ("hybrid", hybrid)):
         res = r.retrieve(texts, k=DEPTH)
         lists[label] = [[(p.id, p.scores[r.name], p.doc_id or p.id) for p in ps] for ps in res]
-    out: dict = {}
+    out: dict = {"n_docs": len(docs), "n_queries": len(queries)}
     for label in ("bm25", "dense", "hybrid"):
         out[label] = evaluate({q: doc_level(lst) for q, lst in zip(qids, lists[label], strict=True)}, qrels)
     out["hybrid"]["settings"] = {
