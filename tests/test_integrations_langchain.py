@@ -323,3 +323,23 @@ def test_chat_model_over_real_transformers_generator(tiny_llm_dir):
     outs = model.batch(["the quick brown fox", "penicillin was"])
     assert len(outs) == 2 and all(isinstance(o, AIMessage) for o in outs)
     assert all(o.usage_metadata["output_tokens"] <= 4 for o in outs)
+
+
+@pytest.mark.slow
+def test_ctxkit_embeddings_in_a_langchain_vector_store():
+    from _integration_stages import CORPUS
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    from ctxkit.integrations.langchain import CtxkitEmbeddings
+
+    emb = CtxkitEmbeddings(device="cpu")
+    vecs = emb.embed_documents(["a", "b"])
+    assert len(vecs) == 2 and len(vecs[0]) == 384 and emb.embed_documents([]) == []
+    store = InMemoryVectorStore(embedding=emb)
+    store.add_documents([Document(id=pid, page_content=t) for pid, t in CORPUS.items()])
+    hits = store.similarity_search_with_score("Who discovered penicillin?", k=3)
+    assert hits[0][0].id in {"fleming#0", "poison#0"}
+    docs = [Document(id=d.id, page_content=d.page_content, metadata={"score": s}) for d, s in hits]
+    out = CtxkitCompressor(pipeline=[ShortFirstRanker(), FlagPoison()]).compress_documents(docs, QUERY)
+    assert all(list(d.metadata["scores"]) == ["input", "short_first_ranker"] for d in out)
+    assert asyncio.run(emb.aembed_query("x")) == emb.embed_query("x")

@@ -132,3 +132,27 @@ def test_pipeline_adapters():
     assert all(n.score == n.node.metadata["scores"]["keyword_retriever"] for n in r.retrieve(QUERY))
     with pytest.raises(ConfigError, match="framework"):
         pipe.as_retriever(framework="haystack")
+
+
+@pytest.mark.slow
+def test_vector_store_index_with_ctxkit_embedding_and_postprocessor():
+    from _integration_stages import CORPUS
+    from llama_index.core import Document, VectorStoreIndex
+
+    from ctxkit.integrations.llama_index import CtxkitEmbedding
+
+    emb = CtxkitEmbedding(device="cpu")
+    assert len(emb.get_query_embedding("hello")) == 384
+    docs = [Document(text=t, id_=pid) for pid, t in CORPUS.items()]
+    index = VectorStoreIndex.from_documents(docs, embed_model=emb)
+    engine = index.as_query_engine(
+        llm=CtxkitLLM(generator=EchoGenerator(), max_new_tokens=1500, context_window=8192),
+        similarity_top_k=4,
+        node_postprocessors=[CtxkitNodePostprocessor(pipeline=[ShortFirstRanker(), FlagPoison()], k=3)],
+    )
+    resp = engine.query("Who discovered penicillin?")
+    texts = [n.node.get_content() for n in resp.source_nodes]
+    assert len(texts) == 3 and any("Fleming" in t for t in texts)
+    for n in resp.source_nodes:
+        assert list(n.node.metadata["scores"]) == ["input", "short_first_ranker"]
+    assert [len(t) for t in texts] == sorted(len(t) for t in texts)

@@ -15,10 +15,12 @@ __all__ = [
     "CtxkitCompressor",
     "CtxkitRunnable",
     "CtxkitChatModel",
+    "CtxkitEmbeddings",
     "as_runnable",
     "CtxkitLlamaRetriever",
     "CtxkitNodePostprocessor",
     "CtxkitLLM",
+    "CtxkitEmbedding",
 ]
 
 _LAZY = {
@@ -26,21 +28,29 @@ _LAZY = {
     "CtxkitCompressor": "ctxkit.integrations.langchain",
     "CtxkitRunnable": "ctxkit.integrations.langchain",
     "CtxkitChatModel": "ctxkit.integrations.langchain",
+    "CtxkitEmbeddings": "ctxkit.integrations.langchain",
     "as_runnable": "ctxkit.integrations.langchain",
     "CtxkitLlamaRetriever": "ctxkit.integrations.llama_index",
     "CtxkitNodePostprocessor": "ctxkit.integrations.llama_index",
     "CtxkitLLM": "ctxkit.integrations.llama_index",
+    "CtxkitEmbedding": "ctxkit.integrations.llama_index",
 }
 
 if TYPE_CHECKING:
     from .langchain import (
         CtxkitChatModel,
         CtxkitCompressor,
+        CtxkitEmbeddings,
         CtxkitRetriever,
         CtxkitRunnable,
         as_runnable,
     )
-    from .llama_index import CtxkitLlamaRetriever, CtxkitLLM, CtxkitNodePostprocessor
+    from .llama_index import (
+        CtxkitEmbedding,
+        CtxkitLlamaRetriever,
+        CtxkitLLM,
+        CtxkitNodePostprocessor,
+    )
 
 
 def __getattr__(name: str) -> Any:

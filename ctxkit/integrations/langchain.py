@@ -32,6 +32,7 @@ from langchain_core.callbacks import (
     Callbacks,
 )
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
@@ -50,6 +51,7 @@ __all__ = [
     "CtxkitCompressor",
     "CtxkitRunnable",
     "CtxkitChatModel",
+    "CtxkitEmbeddings",
     "as_runnable",
     "state_to_documents",
     "documents_to_passages",
@@ -645,3 +647,44 @@ def _group(
     for conv, gen in zip(convs, gens, strict=True):
         out.setdefault(_key(conv, settings), []).append(gen)
     return out
+
+
+class CtxkitEmbeddings(Embeddings):
+    """ctxkit's embedder (all-MiniLM-L6-v2 offline by default) as LangChain ``Embeddings``.
+
+    Args:
+        model: ``"default"`` (all-MiniLM-L6-v2, packaged offline), a local path or a hub id.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+    """
+
+    def __init__(self, model: str = "default", device: str = "auto") -> None:
+        self.model = model
+        self.device = device
+        self._embedder: Any = None
+
+    def _enc(self, texts: list[str]) -> list[list[float]]:
+        if self._embedder is None:
+            from ..models import get_embedder
+
+            self._embedder = get_embedder(self.model, device=self.device)
+        return [list(map(float, v)) for v in self._embedder.encode(list(texts))]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts in batches (one encoder pass per ``batch_size`` texts)."""
+        return self._enc(texts) if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one query."""
+        return self._enc([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents` (in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query` (in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.embed_query, text)

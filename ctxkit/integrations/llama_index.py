@@ -25,6 +25,7 @@ from .._lazy import require
 require("llama_index.core")
 
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -43,7 +44,7 @@ from llama_index.core.schema import (
     QueryBundle,
     TextNode,
 )
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from ..errors import ConfigError, CtxkitError, InputError
 from ..llm.base import Generation, Message, SamplingSettings
@@ -54,6 +55,7 @@ __all__ = [
     "CtxkitLlamaRetriever",
     "CtxkitNodePostprocessor",
     "CtxkitLLM",
+    "CtxkitEmbedding",
     "state_to_nodes",
     "nodes_to_passages",
 ]
@@ -353,3 +355,45 @@ class CtxkitLLM(_common.ValidatedInit, CustomLLM):
         """Batch-first helper: all ``prompts`` in one generator call (failed items give "")."""
         convs = [[Message(role="user", content=p)] for p in prompts]
         return [g.text for g in self.generator.generate(convs, self._settings(kwargs))]
+
+
+class CtxkitEmbedding(_common.ValidatedInit, BaseEmbedding):
+    """ctxkit's embedder (all-MiniLM-L6-v2 offline by default) as a LlamaIndex embedding model,
+    so a ``VectorStoreIndex`` can be built and queried without any hosted service.
+
+    Args:
+        model: ``"default"`` (all-MiniLM-L6-v2, packaged offline), a local path or a hub id.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: str = Field(default="default", description="embedding model")
+    device: str = Field(default="auto", description="device")
+    _embedder: Any = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CtxkitEmbedding"
+
+    def _enc(self, texts: list[str]) -> list[list[float]]:
+        if self._embedder is None:
+            from ..models import get_embedder
+
+            self._embedder = get_embedder(self.model, device=self.device)
+        return [list(map(float, v)) for v in self._embedder.encode(list(texts))]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._enc([query])[0]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._enc([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._enc(texts)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return (await asyncio.to_thread(self._enc, [query]))[0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._enc, texts)
