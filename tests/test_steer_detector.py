@@ -182,10 +182,10 @@ def test_packaged_head_catches_poisoned_retrieved_passage(capsys) -> None:
     from ctxkit.faithfulness.steering import demo_poisoned_retrieval
 
     state = demo_poisoned_retrieval(action="remove")
-    planted = {"p4", "p5"}
+    planted = {"p3", "p5"}
     flagged = set(state.flags["inappropriate"])
-    assert flagged & planted, flagged
-    assert len(flagged - planted) <= 1
+    assert flagged == planted, flagged
+    assert [p.id for p in state.passages] == ["p1", "p2", "p4", "p6"]
     assert "FLAGGED" in capsys.readouterr().out
 
 
