@@ -43,8 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, Index, fuse  # noqa: E402
-from ctxkit.retrievers.index import Document  # noqa: E402
+from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, Index, fuse
+from ctxkit.retrievers.index import Document
 
 DEFAULT_DATA = "../shared/data/retrieval/msmarco_trecdl2019"
 DEFAULT_HOTPOT = "../shared/data/hotpotqa/hotpot_dev_distractor_500.jsonl"
@@ -144,9 +144,7 @@ def run_dataset(name: str, docs: list[Document], queries: dict[str, str], qrels:
                 workdir: Path, latency: bool, ingest_sample: int = 0) -> dict:
     print(f"[{name}] {len(docs)} documents, {len(queries)} queries", flush=True)
     idx = Index(workdir / name)
-    t0 = time.perf_counter()
     report = idx.add(docs, show_progress=True, total=len(docs))
-    ingest_s = time.perf_counter() - t0
     print(f"[{name}] ingest: {report.summary()}", flush=True)
     if idx.count_documents() != len({d.id for d in docs}):
         raise SystemExit(f"[{name}] index holds {idx.count_documents()} documents, expected {len(docs)}")
@@ -172,13 +170,13 @@ def run_dataset(name: str, docs: list[Document], queries: dict[str, str], qrels:
     # Other fusion settings from the same candidate lists (same as HybridRetriever would compute).
     doc_of = {cid: d for key in ("dense", "bm25") for lst in lists[key] for cid, _s, d in lst}
     variants = {
-        "rrf (plain, k=60)": dict(method="rrf"),
-        "convex minmax 0.5/0.5": dict(method="convex", normalization="minmax", weights=[0.5, 0.5]),
-        "convex minmax 0.7/0.3 (default)": dict(method="convex", normalization="minmax", weights=[0.7, 0.3]),
-        "convex minmax 0.8/0.2": dict(method="convex", normalization="minmax", weights=[0.8, 0.2]),
-        "convex tmm 0.7/0.3": dict(method="convex", normalization="tmm", weights=[0.7, 0.3]),
-        "convex zscore 0.7/0.3": dict(method="convex", normalization="zscore", weights=[0.7, 0.3]),
-        "rrf weighted 0.7/0.3": dict(method="rrf", weights=[0.7, 0.3]),
+        "rrf (plain, k=60)": {"method": "rrf"},
+        "convex minmax 0.5/0.5": {"method": "convex", "normalization": "minmax", "weights": [0.5, 0.5]},
+        "convex minmax 0.7/0.3 (default)": {"method": "convex", "normalization": "minmax", "weights": [0.7, 0.3]},
+        "convex minmax 0.8/0.2": {"method": "convex", "normalization": "minmax", "weights": [0.8, 0.2]},
+        "convex tmm 0.7/0.3": {"method": "convex", "normalization": "tmm", "weights": [0.7, 0.3]},
+        "convex zscore 0.7/0.3": {"method": "convex", "normalization": "zscore", "weights": [0.7, 0.3]},
+        "rrf weighted 0.7/0.3": {"method": "rrf", "weights": [0.7, 0.3]},
     }
     out["fusion_variants"] = {}
     for vname, kw in variants.items():

@@ -112,7 +112,7 @@ def test_bad_inputs_give_one_line_errors(cli_index: Path, corpus: Path, tmp_path
 def test_cli_subprocess_missing_index_has_no_traceback(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "ctxkit.cli", "query", "--index", str(tmp_path / "none"), "hello"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from pydantic import Field
 
 from ctxkit import ConfigError, ContextState, IndexNotFoundError, InputError, Passage, Pipeline
 from ctxkit.config import build_stage, register_stage
@@ -65,7 +67,7 @@ def test_chunk_text_respects_size_and_overlaps_whole_sentences():
     # every sentence appears, in order, and consecutive chunks share their boundary sentence
     joined = " ".join(chunks)
     assert all(s in joined for s in sents)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert split_sentences(a)[-1] == split_sentences(b)[0]
     no_overlap = chunk_text(" ".join(sents), size=20, overlap=0)
     assert sum(len(split_sentences(c)) for c in no_overlap) == 10
@@ -143,7 +145,7 @@ class ListRetriever(BaseRetriever):
 
     stage_type: ClassVar[str] = "test_list_retriever"
     kind: ClassVar[str] = "other"
-    items: list[tuple[str, float]] = []
+    items: list[tuple[str, float]] = Field(default_factory=list)
     asked: ClassVar[list[int]] = []
 
     def _retrieve(self, queries, k, wheres):
@@ -284,8 +286,8 @@ def test_missing_index_and_bad_settings_raise_typed_errors(tmp_path: Path):
 def test_chroma_retriever_ranks_and_scores(built_index: Path):
     dense = ChromaRetriever(path=str(built_index), k=2, device="cpu")
     results = dense.retrieve(["Who discovered the first antibiotic?", "tall iron landmark in France"])
-    assert [p.id for p in results[0]][0] == "penicillin#0"
-    assert [p.id for p in results[1]][0] == "eiffel#0"
+    assert results[0][0].id == "penicillin#0"
+    assert results[1][0].id == "eiffel#0"
     top = results[0][0]
     assert top.doc_id == "penicillin" and top.metadata["topic"] == "medicine"
     assert "Fleming" in top.text and top.text.startswith("Penicillin\n")

@@ -9,18 +9,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "split_sentences",
-    "chunk_text",
-    "Document",
-    "Index",
-    "IngestReport",
-    "ingest",
-    "load_documents",
+    "BM25Retriever",
     "BaseRetriever",
     "ChromaRetriever",
-    "BM25Retriever",
+    "Document",
     "HybridRetriever",
+    "Index",
+    "IngestReport",
+    "chunk_text",
     "fuse",
+    "ingest",
+    "load_documents",
+    "split_sentences",
 ]
 
 _LAZY = {

@@ -150,7 +150,7 @@ class BM25Retriever(BaseRetriever):
                 cid = self._ids[d]
                 if cid not in chunks:
                     continue
-                text, doc_id, ci, meta = chunks[cid]
+                text, doc_id, _ci, meta = chunks[cid]
                 p = Passage(id=cid, text=text, doc_id=doc_id, metadata=meta)
                 self.set_score(p, s)
                 passages.append(p)

@@ -139,12 +139,12 @@ def _get_collection(client: Any, name: str, ef: Any, raw: bool = False) -> Any:
         if raw:
             return client.get_collection(name)
         return client.get_collection(name, embedding_function=ef)
-    except Exception as exc:  # chromadb raises NotFoundError / ValueError depending on version and mode
+    except Exception as exc:
         if "does not exist" not in str(exc) and "not found" not in str(exc).lower():
             raise
         try:
             names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
-        except Exception:
+        except Exception:  # noqa: BLE001 - only for a nicer message
             names = []
         raise IndexNotFoundError(
             f"no Chroma collection {name!r} (existing: {names or 'none'}); ingest documents first with "

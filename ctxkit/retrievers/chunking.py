@@ -14,16 +14,11 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-__all__ = ["split_sentences", "chunk_text", "length_function"]
+__all__ = ["chunk_text", "length_function", "split_sentences"]
 
 # Words after which a period does not end a sentence (lower-cased, without the period).
 _ABBREVIATIONS = frozenset(
-    """
-    mr mrs ms dr prof sr jr st mt ft vs etc al approx dept est fig figs eq eqs no nos vol vols
-    ch chap sec secs pp p ed eds rev gen col lt sgt capt cmdr adm gov sen rep pres inc ltd co corp
-    bros jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun ca cf ibid
-    op e.g i.e e g i u.s u.k a.m p.m ph.d b.sc m.sc n.b viz resp
-    """.split()
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "al", "approx", "dept", "est", "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "ch", "chap", "sec", "secs", "pp", "p", "ed", "eds", "rev", "gen", "col", "lt", "sgt", "capt", "cmdr", "adm", "gov", "sen", "rep", "pres", "inc", "ltd", "co", "corp", "bros", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu", "fri", "sat", "sun", "ca", "cf", "ibid", "op", "e.g", "i.e", "e", "g", "i", "u.s", "u.k", "a.m", "p.m", "ph.d", "b.sc", "m.sc", "n.b", "viz", "resp"]
 )
 
 # A candidate boundary: end punctuation (plus closing quotes/brackets), then whitespace.
@@ -42,9 +37,7 @@ def _is_abbreviation(before: str) -> bool:
         return True
     if len(token) == 1 and token.isalpha():  # an initial: "J. R. R. Tolkien"
         return True
-    if re.fullmatch(r"(?:[a-z]\.)+[a-z]", token):  # "e.g", "u.s.a"
-        return True
-    return False
+    return re.fullmatch(r"(?:[a-z]\.)+[a-z]", token) is not None  # "e.g", "u.s.a"
 
 
 def _split_paragraph(par: str) -> list[str]:

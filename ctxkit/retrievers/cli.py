@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["add_commands", "make_retriever", "dedupe_documents", "RETRIEVERS"]
+__all__ = ["RETRIEVERS", "add_commands", "dedupe_documents", "make_retriever"]
 
 RETRIEVERS = ("hybrid", "dense", "bm25")
 
@@ -163,9 +163,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         raise InputError(f"--k must be >= 1, got {args.k}")
     if args.queries and args.question:
         raise InputError("give either a question or --queries FILE, not both")
-    if not args.queries:
-        if args.question is None or not args.question.strip():
-            raise InputError('the query is empty: pass a question, e.g. ctxkit query --index DIR "what is X?"')
+    if not args.queries and (args.question is None or not args.question.strip()):
+        raise InputError('the query is empty: pass a question, e.g. ctxkit query --index DIR "what is X?"')
     where = None
     if args.where:
         try:

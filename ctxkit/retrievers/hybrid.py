@@ -30,7 +30,7 @@ from ..pipeline import BaseStage
 from ..types import ContextState, Passage
 from .base import BaseRetriever
 
-__all__ = ["HybridRetriever", "fuse", "normalize", "DEFAULT_WEIGHTS"]
+__all__ = ["DEFAULT_WEIGHTS", "HybridRetriever", "fuse", "normalize"]
 
 Fusion = Literal["convex", "rrf"]
 Normalization = Literal["minmax", "tmm", "zscore", "none"]

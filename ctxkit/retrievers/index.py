@@ -32,7 +32,7 @@ from .._lazy import require
 from ..errors import ConfigError, IndexNotFoundError, InputError
 from .chunking import chunk_text
 
-__all__ = ["Document", "IngestReport", "Index", "ingest", "MANIFEST", "DEFAULT_COLLECTION"]
+__all__ = ["DEFAULT_COLLECTION", "MANIFEST", "Document", "Index", "IngestReport", "ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +325,16 @@ class Index:
         return h.hexdigest()
 
     def chunk_document(self, doc: Document) -> list[str]:
-        """The chunk texts of ``doc`` (title prepended to each)."""
+        """The chunk texts of ``doc`` (the title prepended to each chunk that does not start with it)."""
         s = self.manifest
         pieces = chunk_text(doc.text, s["chunk_size"], s["chunk_overlap"], s["chunk_unit"])
         title = doc.title.strip()
-        return [f"{title}\n{p}" if title else p for p in pieces]
+        if not title:
+            return pieces
+        # No second copy when the chunk already opens with the title (a markdown heading).
+        return [
+            p if p.startswith("#") and p.lstrip("# ").startswith(title) else f"{title}\n{p}" for p in pieces
+        ]
 
     def add(
         self,

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import InputError
 from .index import Document
 
-__all__ = ["SUPPORTED_SUFFIXES", "LoadLog", "load_documents", "iter_files", "doc_id_for_path"]
+__all__ = ["SUPPORTED_SUFFIXES", "LoadLog", "doc_id_for_path", "iter_files", "load_documents"]
 
 log = logging.getLogger(__name__)
 
