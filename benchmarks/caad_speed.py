@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -133,6 +134,63 @@ def export_assets(out: Path) -> None:
     print(f"assets written to {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 
+def breakdown(args, model, tok, encoder, base, sizes, sync) -> dict:
+    """Milliseconds per decoding step of the processor's parts, without the LLM."""
+    import torch
+
+    from ctxkit.faithfulness.caad import GroundingSpace, window_texts
+
+    def med(fn, reps: int = 15) -> float:
+        fn()
+        ts = []
+        for _ in range(reps):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t)
+        return round(statistics.median(ts) * 1e3, 3)
+
+    out: dict[str, dict] = {}
+    ids = tok(" ".join(PROMPTS), add_special_tokens=False)["input_ids"]
+    for b in [int(x) for x in args.batches.split(",") if x]:
+        wins = [ids[i : i + 8] for i in range(b)]
+        q = encoder.encode(window_texts(tok, wins)).to(model.device)
+        row = {"decode_ms": med(lambda wins=wins: window_texts(tok, wins)),
+               "embed_ms": med(lambda wins=wins: encoder.encode(window_texts(tok, wins)))}
+        for n in sizes:
+            space = GroundingSpace.synthetic(n, vocab_size=base.vocab_size, base=base, storage=args.storage,
+                                             top_k=args.top_k)
+            space.on(q.device)
+            row[f"search_{n}_ms"] = med(lambda space=space, q=q: space.shift(q, tau=args.tau))
+        inputs = tok([tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                              tokenize=False, add_generation_prompt=True) for i in range(b)],
+                     add_special_tokens=False, return_tensors="pt", padding=True).to(model.device)
+        with torch.inference_mode():
+            cache = model(**inputs, use_cache=True)
+            past = getattr(cache, "cache", None) or cache.past_key_values
+            step_ids = inputs["input_ids"][:, -1:]
+            mask = torch.cat([inputs["attention_mask"], torch.ones_like(step_ids)], 1)
+            n0 = past.get_seq_length()
+
+            arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+            def llm_step(past=past, n0=n0, step_ids=step_ids, mask=mask, arg=arg):
+                extra = past.get_seq_length() - n0
+                if extra > 0:
+                    past.crop(-extra)
+                model(input_ids=step_ids, attention_mask=mask, **{arg: past})
+
+            row["llm_decode_step_ms"] = med(llm_step)
+        out[f"b{b}"] = row
+        print(json.dumps({f"b{b}": row}), flush=True)
+    res = {"benchmark": "caad_speed_breakdown", "per_step": out,
+           "settings": {"device": args.device, "storage": args.storage, "top_k": args.top_k,
+                        "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights}}
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
@@ -153,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--assets", default=None, help="dir from --export-assets (tokenizers)")
     ap.add_argument("--export-assets", default=None, metavar="DIR")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--breakdown-only", action="store_true",
+                    help="only time the processor's parts per step (window embedding, search) without the LLM")
     ap.add_argument("--out", default="results.json")
     args = ap.parse_args(argv)
     if args.export_assets:
@@ -194,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         return (time.perf_counter() - t) / n
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.breakdown_only:
+        return breakdown(args, model, tok, encoder, base, sizes, sync)
     dense = [int(s) for s in args.dense_sizes.split(",") if s] if args.storage == "topk" else []
     batches = [int(b) for b in args.batches.split(",") if b]
     configs = [(n, args.storage) for n in sizes] + [(n, "fp16") for n in dense]
