@@ -264,6 +264,8 @@ def test_index_layout_and_manifest(built_index: Path):
     assert _chroma_ids(idx) == ["eiffel#0", "penicillin#0", "python#0", "volcano#0"]
     with pytest.raises(ConfigError, match="chunk_size"):
         Index(built_index, chunk_size=7)
+    with pytest.raises(ConfigError, match="embedded Chroma"):
+        Index(built_index, host="127.0.0.1")
 
 
 def test_missing_index_and_bad_settings_raise_typed_errors(tmp_path: Path):

@@ -168,8 +168,12 @@ class Index:
                         f"{value!r}: use the index's setting or ingest into a new --index folder"
                     )
             chroma = self.manifest.get("chroma", {})
-            if host is not None and chroma.get("host") not in (None, host):
-                raise ConfigError(f"index {str(self.path)!r} uses the Chroma server {chroma.get('host')!r}, not {host!r}")
+            if host is not None and chroma.get("host") != host:
+                where = f"the Chroma server {chroma.get('host')!r}" if chroma.get("host") else "embedded Chroma"
+                raise ConfigError(
+                    f"index {str(self.path)!r} was built with {where}, not the server {host!r}: "
+                    "drop --host/host= or ingest into a new index folder"
+                )
             self._host = host or chroma.get("host")
             self._port = port or chroma.get("port") or 8000
             self._ssl = bool(ssl if ssl is not None else chroma.get("ssl", False))
