@@ -197,7 +197,14 @@ def main() -> int:
                 for w in (0.0, 0.25, 0.5, 1.0, 2.0):
                     grid[f"alpha={a},w={w}"] = evaluate(dev, a, w, det)["recall@1"]
             # (flags do not depend on the grid: they come from the detector's own settings)
+        if grid:  # the best dev setting (ties: the library default) is applied to the test split
+            best = max(grid.items(), key=lambda kv: (kv[1], kv[0] == f"alpha={chosen[0]},w={chosen[1]}"))[0]
+            a, w = (float(x.split("=")[1]) for x in best.split(","))
+            if (a, w) != chosen:
+                results.setdefault("default_params_test", {})[name] = evaluate(test, *chosen, det)
+            chosen = (a, w)
         res = evaluate(test, *chosen, det)
+        res["alpha"], res["mismatch_weight"] = chosen
         res["no_target"] = sum(1 for r in test if not r["targets"])
         res["pairs"] = len(test)
         res["baseline_cosine"] = baseline(test, det)

@@ -342,8 +342,8 @@ class ConflictDetector:
         embedder: str = "default",
         *,
         device: str = "auto",
-        alpha: float = 0.5,
-        mismatch_weight: float = 0.5,
+        alpha: float = 0.3,
+        mismatch_weight: float = 0.25,
         threshold: float = 0.5,
         min_relevance: float = 0.35,
         batch_size: int = 128,
@@ -669,8 +669,8 @@ class ConflictCheck(BaseStage):
     device: str = "auto"
     chunk_words: int = Field(0, ge=0)
     top_k: int = Field(5, ge=1)
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    mismatch_weight: float = Field(0.5, ge=0.0)
+    alpha: float = Field(0.3, ge=0.0, le=1.0)
+    mismatch_weight: float = Field(0.25, ge=0.0)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     min_relevance: float = Field(0.35, ge=0.0, le=1.0)
     action: Literal["annotate", "filter", "warn"] = "annotate"
