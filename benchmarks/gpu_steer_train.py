@@ -75,11 +75,11 @@ def target(m: dict) -> str:
 
 
 def parse(text: str, n: int) -> tuple[set[int], str]:
-    m = re.search(r"inappropriate\s*:(.*?)(?:use\s*:|answer\s*:|$)", text, re.I | re.S)
+    m = re.search(r"inappropriate\s*:(.*?)(?:use\s*:|answer\s*:|$)", text, re.IGNORECASE | re.DOTALL)
     bad = set()
-    if m and not re.match(r"\s*none", m.group(1), re.I):
+    if m and not re.match(r"\s*none", m.group(1), re.IGNORECASE):
         bad = {int(v) for v in re.findall(r"\d+", m.group(1)) if 1 <= int(v) <= n}
-    a = re.search(r"answer\s*:(.*)", text, re.I | re.S)
+    a = re.search(r"answer\s*:(.*)", text, re.IGNORECASE | re.DOTALL)
     return bad, (a.group(1).strip() if a else text.strip())
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ctxkit.faithfulness.susceptibility import EmbeddingJudge, measure_susceptibility  # noqa: E402
-from ctxkit.faithfulness.testbed import build_testbed, load_pools  # noqa: E402
+from ctxkit.faithfulness.susceptibility import EmbeddingJudge, measure_susceptibility
+from ctxkit.faithfulness.testbed import build_testbed, load_pools
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ctxkit.faithfulness.steer_train import (  # noqa: E402
+from ctxkit.faithfulness.steer_train import (
     SteerTrainConfig,
     build_sft_examples,
     parse_steered,
@@ -35,8 +35,8 @@ from ctxkit.faithfulness.steer_train import (  # noqa: E402
     steered_messages,
     train_rw_steering,
 )
-from ctxkit.faithfulness.susceptibility import EmbeddingJudge, answer_messages  # noqa: E402
-from ctxkit.faithfulness.testbed import CATEGORIES, build_mixture, load_pools  # noqa: E402
+from ctxkit.faithfulness.susceptibility import EmbeddingJudge, answer_messages
+from ctxkit.faithfulness.testbed import CATEGORIES, build_mixture, load_pools
 
 
 def curves(items, judged) -> dict:

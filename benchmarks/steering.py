@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ctxkit.faithfulness.detector import SetDetector  # noqa: E402
-from ctxkit.faithfulness.testbed import CATEGORIES, DEFAULT_RATIOS, build_testbed, load_pools  # noqa: E402
+from ctxkit.faithfulness.detector import SetDetector
+from ctxkit.faithfulness.testbed import CATEGORIES, DEFAULT_RATIOS, build_testbed, load_pools
 
 
 def prf(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -37,7 +37,7 @@ def prf(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4),
-            "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0, "n_items": int(len(y))}
+            "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0, "n_items": len(y)}
 
 
 def main() -> int:

@@ -56,7 +56,7 @@ def mixtures(row_ids: range, ratios=(0.0, 0.2, 0.4, 0.6), n_items: int = 8):
 
 @pytest.fixture(scope="module")
 def trained(minilm) -> SetDetector:
-    train = mixtures(range(0, 5))
+    train = mixtures(range(5))
     det = SetDetector(minilm)
     det.fit([m.question for m in train], [[x.text for x in m.items] for m in train], [m.labels for m in train],
             model="logreg")

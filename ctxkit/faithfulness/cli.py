@@ -190,7 +190,7 @@ def _detect(args: argparse.Namespace) -> int:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    out = {"precision": prec, "recall": rec, "f1": f1, "n_items": int(len(y))}
+    out = {"precision": prec, "recall": rec, "f1": f1, "n_items": len(y)}
     print(f"precision {prec:.3f} recall {rec:.3f} F1 {f1:.3f} over {len(y)} items")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1), encoding="utf-8")

@@ -31,16 +31,16 @@ from .._lazy import require
 from ..errors import InputError, ModelNotAvailableError
 
 __all__ = [
-    "ItemDetector",
-    "SetDetector",
-    "LLMDetector",
-    "set_features",
-    "FEATURE_NAMES",
-    "parse_identification",
-    "format_items",
-    "IDENTIFY_TEMPLATE",
-    "default_detector",
     "DEFAULT_HEAD",
+    "FEATURE_NAMES",
+    "IDENTIFY_TEMPLATE",
+    "ItemDetector",
+    "LLMDetector",
+    "SetDetector",
+    "default_detector",
+    "format_items",
+    "parse_identification",
+    "set_features",
 ]
 
 DEFAULT_HEAD = "steering_head.json"
@@ -426,7 +426,7 @@ def parse_identification(text: str, n_items: int | None = None) -> tuple[list[in
         if key not in parts:
             parts[key] = text[m.end() : end]
     answer = parts.get("answer", "").strip()
-    bad = [] if re.match(r"\s*none", parts.get("inappropriate", ""), re.I) else _numbers(parts.get("inappropriate", ""), n_items)
+    bad = [] if re.match(r"\s*none", parts.get("inappropriate", ""), re.IGNORECASE) else _numbers(parts.get("inappropriate", ""), n_items)
     return bad, _numbers(parts.get("use", ""), n_items), answer
 
 

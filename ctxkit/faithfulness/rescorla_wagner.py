@@ -29,7 +29,7 @@ import numpy as np
 from .._lazy import require
 from ..errors import InputError
 
-__all__ = ["RWParams", "RWFit", "simulate", "predict_curves", "fit", "plot_fit", "CURVES"]
+__all__ = ["CURVES", "RWFit", "RWParams", "fit", "plot_fit", "predict_curves", "simulate"]
 
 CURVES: tuple[str, str] = ("appropriate", "inappropriate")
 Readout = Literal["share", "strength"]

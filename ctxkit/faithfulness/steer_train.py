@@ -32,14 +32,14 @@ __all__ = [
     "STEER_TEMPLATE",
     "SteerExample",
     "SteerTrainConfig",
-    "steering_target",
     "build_sft_examples",
-    "split_stages",
-    "train_rw_steering",
-    "steering_detector",
-    "steered_messages",
-    "target_loss",
     "parse_steered",
+    "split_stages",
+    "steered_messages",
+    "steering_detector",
+    "steering_target",
+    "target_loss",
+    "train_rw_steering",
 ]
 
 log = logging.getLogger(__name__)

@@ -31,15 +31,15 @@ from .detector import format_items
 from .testbed import TestbedItem
 
 __all__ = [
-    "Judgement",
-    "Judge",
-    "EmbeddingJudge",
-    "LLMJudge",
-    "AnswerRecord",
-    "SusceptibilityResult",
-    "measure_susceptibility",
     "ANSWER_TEMPLATE",
+    "AnswerRecord",
+    "EmbeddingJudge",
+    "Judge",
+    "Judgement",
+    "LLMJudge",
+    "SusceptibilityResult",
     "answer_messages",
+    "measure_susceptibility",
 ]
 
 ANSWER_TEMPLATE = (
@@ -48,12 +48,15 @@ ANSWER_TEMPLATE = (
     "Question: {question}\nAnswer in one or two sentences."
 )
 
-_STOP = set(
-    "a an the of to in on at for by with and or but is are was were be been being it its this that "
-    "these those as from has have had do does did not no yes can could would should will may might "
-    "what who whom which when where why how about into than then there their they them he she his her "
-    "you your we our i me my so if also any some such very more most just only".split()
-)
+_STOP = {
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "by", "with", "and", "or", "but",
+    "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these",
+    "those", "as", "from", "has", "have", "had", "do", "does", "did", "not", "no", "yes", "can",
+    "could", "would", "should", "will", "may", "might", "what", "who", "whom", "which", "when",
+    "where", "why", "how", "about", "into", "than", "then", "there", "their", "they", "them",
+    "he", "she", "his", "her", "you", "your", "we", "our", "i", "me", "my", "so", "if", "also",
+    "any", "some", "such", "very", "more", "most", "just", "only",
+}
 
 
 def _tokens(text: str) -> set[str]:
@@ -280,8 +283,7 @@ class SusceptibilityResult(BaseModel):
     def save(self, path: str | Path) -> None:
         """Write the records as JSON Lines."""
         with open(path, "w", encoding="utf-8") as fh:
-            for r in self.records:
-                fh.write(r.model_dump_json() + "\n")
+            fh.writelines(r.model_dump_json() + "\n" for r in self.records)
 
 
 def answer_messages(item: TestbedItem, template: str = ANSWER_TEMPLATE) -> list[Any]:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import InputError
 from ..types import ContextState, Passage
@@ -34,18 +34,18 @@ from ..types import ContextState, Passage
 __all__ = [
     "CATEGORIES",
     "DEFAULT_RATIOS",
-    "REPUTABLE_SOURCES",
     "LOW_CREDIBILITY_SOURCES",
-    "PoolRow",
+    "REPUTABLE_SOURCES",
     "ContextItem",
+    "PoolRow",
     "TestbedItem",
+    "build_mixture",
+    "build_testbed",
+    "load_jsonl",
     "load_pool",
     "load_pools",
     "n_inappropriate",
-    "build_mixture",
-    "build_testbed",
     "save_jsonl",
-    "load_jsonl",
 ]
 
 CATEGORIES: tuple[str, ...] = ("fakenews", "hate_speech", "non_factual", "privacy")
@@ -178,7 +178,7 @@ def _first(row: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
 
 def _category_of(path: Path) -> str:
     stem = path.stem
-    return stem[: -len("_output")] if stem.endswith("_output") else stem
+    return stem.removesuffix("_output")
 
 
 def load_pool(path: str | Path, category: str | None = None) -> list[PoolRow]:
