@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 from .._lazy import require
@@ -35,7 +35,8 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.messages import AIMessageChunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import get_config_list
@@ -472,6 +473,15 @@ class CtxkitChatModel(_common.ValidatedInit, BaseChatModel):
             "seed": self.seed,
         }
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "ctxkit"
+        params["ls_model_name"] = kwargs.get("model") or _common.model_name(self.generator)
+        max_new = kwargs.get("max_new_tokens") or kwargs.get("max_tokens") or self.max_new_tokens
+        if max_new:
+            params["ls_max_tokens"] = max_new
+        return params
+
     def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> SamplingSettings | None:
         kw = dict(kwargs)
         max_new = kw.pop("max_new_tokens", None) or kw.pop("max_tokens", None) or self.max_new_tokens
@@ -491,11 +501,15 @@ class CtxkitChatModel(_common.ValidatedInit, BaseChatModel):
             stop=stop,
         )
 
-    @staticmethod
-    def _result(gen: Generation) -> ChatResult:
+    def _parts(self, gen: Generation) -> tuple[dict[str, Any], Any]:
         if not gen.ok:
             raise CtxkitError(f"the ctxkit generator failed on this conversation: {gen.error}")
-        meta: dict[str, Any] = {"finish_reason": gen.finish_reason, **gen.info}
+        meta: dict[str, Any] = {
+            "finish_reason": gen.finish_reason,
+            "model_name": _common.model_name(self.generator),
+            "model_provider": "ctxkit",
+            **gen.info,
+        }
         usage = None
         if gen.n_prompt_tokens is not None and gen.n_tokens is not None:
             usage = {
@@ -503,6 +517,17 @@ class CtxkitChatModel(_common.ValidatedInit, BaseChatModel):
                 "output_tokens": gen.n_tokens,
                 "total_tokens": gen.n_prompt_tokens + gen.n_tokens,
             }
+        return meta, usage
+
+    def _chunk(self, gen: Generation) -> ChatGenerationChunk:
+        meta, usage = self._parts(gen)
+        msg = AIMessageChunk(
+            content=gen.text, response_metadata=meta, usage_metadata=usage, chunk_position="last"
+        )
+        return ChatGenerationChunk(message=msg, generation_info={"finish_reason": gen.finish_reason})
+
+    def _result(self, gen: Generation) -> ChatResult:
+        meta, usage = self._parts(gen)
         msg = AIMessage(content=gen.text, response_metadata=meta, usage_metadata=usage)
         return ChatResult(
             generations=[ChatGeneration(message=msg, generation_info={"finish_reason": gen.finish_reason})]
@@ -527,6 +552,41 @@ class CtxkitChatModel(_common.ValidatedInit, BaseChatModel):
         settings = self._settings(stop, kwargs)
         gen = self._take(conv, settings) or self.generator.generate([conv], settings)[0]
         return self._result(gen)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Not token streaming (ctxkit generators work in batches): one chunk with the answer."""
+        conv = _to_ctxkit_messages(messages)
+        chunk = self._chunk(self.generator.generate([conv], self._settings(stop, kwargs))[0])
+        if run_manager:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Async :meth:`_stream`: one chunk, generated without blocking the event loop."""
+        result = await self._agenerate(messages, stop=stop, **kwargs)
+        msg = result.generations[0].message
+        chunk = ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=msg.content, response_metadata=msg.response_metadata,
+                usage_metadata=getattr(msg, "usage_metadata", None), chunk_position="last",
+            ),
+            generation_info=result.generations[0].generation_info,
+        )
+        if run_manager:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
 
     async def _agenerate(
         self,
