@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--item-embedding", action="store_true",
                     help="primary variant also feeds each item's embedding (the set-only variant is reported too)")
     ap.add_argument("--emb-cache", default=None, help="npz file caching MiniLM embeddings between runs")
+    ap.add_argument("--head-threshold", type=float, default=None,
+                    help="decision threshold written into the exported head (default: F1-optimal on training data)")
     ap.add_argument("--export-head", default=None, help="train on all categories and save the head here")
     args = ap.parse_args()
 
@@ -82,6 +84,8 @@ def main() -> int:
     if args.export_head:
         q, il, lab = lists([it for c in cats for it in items[c]])
         det.fit(q, il, lab, model=args.model, seed=args.seed, cache=cache)
+        if args.head_threshold is not None:
+            det.head["threshold"] = args.head_threshold
         det.save(args.export_head)
         print(f"saved head ({Path(args.export_head).stat().st_size} bytes) trained on {cats} -> {args.export_head}")
         return 0
