@@ -166,6 +166,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N pairs of each set")
     ap.add_argument("--tune", action="store_true", help="pick alpha/mismatch_weight on dev by grid search")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--sets", default="squad,musique", help="comma-separated: squad, musique")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "squad_kre_golden.json").exists():
@@ -175,7 +176,7 @@ def main() -> int:
     det._embedder = MemoEmbedder(det.embedder)
     results: dict = {"config": {"dev": args.dev, "embedder": "all-MiniLM-L6-v2", "device": args.device}}
     t0 = time.time()
-    for name in ("squad", "musique"):
+    for name in args.sets.split(","):
         pairs = load_pairs(data, name)[: args.limit]
         rows = []
         for p in pairs:

@@ -94,6 +94,7 @@ _NUM_RE = re.compile(
     r"|\b(?:" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")\b",
     re.IGNORECASE,
 )
+_IDENT = re.compile(r"^(?!\d+(?:st|nd|rd|th|s)?$)(?=[\w\-]*[A-Za-z])(?=[\w\-]*(?:\d|[a-z][A-Z]))[\w\-]{3,}$")
 _WORD_RE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ][\w'’\-]*|\d+(?:[.,]\d+)*")
 
 
@@ -155,6 +156,8 @@ def span_kind(text: str) -> SpanKind:
     if all(w.lower() in _NUMBER_WORDS for w in t.split()):
         return "number"
     words = [w for w in _WORD_RE.findall(t) if w.lower() not in _CAP_CONNECT]
+    if any(_IDENT.match(w) for w in t.split()):
+        return "entity"
     if words and sum(w[0].isupper() for w in words) >= max(1, len(words) // 2 + len(words) % 2):
         return "entity"
     return "other"
@@ -181,7 +184,12 @@ def extract_spans(text: str) -> list[Span]:
         tok = tokens[i]
         w = tok.group(0)
         sentence_start = i == 0 or tokens[i - 1].group(0) in {".", "!", "?", ":", ";", '"', "("}
-        if w[:1].isupper() and not (sentence_start and w.lower() in _SENT_START_SKIP) and w.lower() not in _MONTHS:
+        if _IDENT.match(w) and free(tok.start(), tok.end()):
+            # product / model / code names: "bge-m3", "all-MiniLM-L6-v2", "iPhone"
+            spans.append(Span(w, "entity", tok.start(), tok.end()))
+            taken.append((tok.start(), tok.end()))
+            i += 1
+        elif w[:1].isupper() and not (sentence_start and w.lower() in _SENT_START_SKIP) and w.lower() not in _MONTHS:
             j = i + 1
             last = i
             while j < len(tokens):
@@ -552,9 +560,12 @@ class ConflictDetector:
                         m, span = 0.0, None
                         if pool:
                             sims = emb[[texts[t] for t in pool]] @ emb[texts[k.text]]
-                            j = int(sims.argmax())
                             # two values of one category (two countries) have cosine ~0.3-0.7
-                            m, span = float(max(0.0, min(1.0, (sims[j] - 0.15) / 0.4))), pool[j]
+                            ms = np.clip((sims - 0.15) / 0.4, 0.0, 1.0)
+                            if _IDENT.match(k.text):  # a code/model name replaced by another one
+                                ms = np.maximum(ms, [0.75 if _IDENT.match(t) else 0.0 for t in pool])
+                            j = int(ms.argmax())
+                            m, span = float(ms[j]), pool[j]
                     if m > best[0]:
                         best = (m, k.kind, k.text, span)
                 supports = bool(ks) and not pr["absent"]
