@@ -85,6 +85,16 @@ def test_two_stage_training_lowers_loss_and_resumes(tiny_llm_dir: Path, tmp_path
     assert res2["stage1"]["resumed_from"].endswith("checkpoint-4")
     assert res2["stage1"]["global_step"] == 6
     assert res2["stage2"].get("skipped") is True
+    # the fine-tuned model's stage-1 identification plugs into the steering stage
+    from ctxkit.faithfulness.steer_train import steering_detector
+    from ctxkit.faithfulness.steering import SteeringFilter
+
+    det = steering_detector(final, device="cpu")
+    states = [it.to_state() for it in items[:2]]
+    SteeringFilter(detector=det, action="annotate")(states)
+    assert all("inappropriate" in st.flags for st in states)
+    assert all("rw_steering" in p.scores for st in states for p in st.passages)
+    assert len(det.last_outputs) == 2
 
 
 def test_lora_training_merges(tiny_llm_dir: Path, tmp_path: Path) -> None:
@@ -168,3 +178,15 @@ def test_cli_testbed_fit_and_steer_train(tmp_path: Path, tiny_llm_dir: Path, cap
                  "--max-length", "512"]) == 0
     assert (out / "final" / "config.json").is_file()
     assert main(["rw-testbed", "--pools", str(tmp_path / "nope"), "--out", str(tb)]) == 2
+
+
+def test_cli_rw_detect_with_packaged_head(tmp_path: Path, minilm, capsys) -> None:
+    pool = write_pool_dir(tmp_path / "pools")
+    tb = tmp_path / "tb.jsonl"
+    assert main(["rw-testbed", "--pools", str(pool), "--out", str(tb), "--n-items", "6",
+                 "--ratios", "0.33,0.5"]) == 0
+    out = tmp_path / "m.json"
+    assert main(["rw-detect", "--testbed", str(tb), "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["n_items"] == 36 and 0.0 <= m["f1"] <= 1.0
+    assert "precision" in capsys.readouterr().out
