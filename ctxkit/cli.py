@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "ctxkit.llm.cli",
     "ctxkit.faithfulness.cli",
     "ctxkit.faithfulness.caad_cli",
+    "ctxkit.faithfulness.conflicts_cli",
 ]
 
 

@@ -151,3 +151,22 @@ def test_format_conflicts_empty_and_listing(detector) -> None:
     assert format_conflicts([]) == ""
     found = detector.detect(["The Eiffel Tower was completed in 1889."], ["The Eiffel Tower was completed in 1901."])
     assert "'1889' vs '1901'" in format_conflicts(found)
+
+
+def test_identifier_values_are_entities() -> None:
+    assert span_kind("bge-m3") == "entity"
+    spans = extract_spans("the default model is all-MiniLM-L6-v2, not bge-m3, since the 10th century")
+    assert [(s.text, s.kind) for s in spans] == [
+        ("all-MiniLM-L6-v2", "entity"), ("bge-m3", "entity"), ("10th century", "date")]
+
+
+def test_cli_conflicts_command(capsys) -> None:
+    from ctxkit.cli import main
+
+    assert main(["conflicts", "--context", "x"]) == 2  # no belief: clear error, no model load
+    assert "--belief" in capsys.readouterr().err
+    code = main(["conflicts", "--belief", "The Eiffel Tower was completed in 1889.",
+                 "--context", "The Eiffel Tower was completed in 1901.", "--json", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert '"chunk_span": "1901"' in out and '"kind": "date"' in out
