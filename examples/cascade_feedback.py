@@ -2,7 +2,7 @@
 
 1. A cascade: candidates -> bi-encoder pre-ranking (MiniLM, 8 kept) -> listwise ranking
    (3 kept) -> arrangement -> record the shown list in a SQLite feedback store.
-2. Simulated users: they copy the answer when the first passages come from a "verified" source
+2. Simulated users: they copy the answer when the first passage comes from a "verified" source
    and dislike it otherwise (a trait the semantic pre-ranker cannot see; the ranker sees it as
    the numeric metadata feature ``verified``).
 3. The ranker is trained from the store (``fit``), then the same questions are ranked again.
@@ -13,6 +13,7 @@ Run: python examples/cascade_feedback.py
 from __future__ import annotations
 
 import random
+import zlib
 import tempfile
 from pathlib import Path
 
@@ -35,20 +36,19 @@ def candidates(question: str, rng: random.Random) -> ContextState:
     for i in range(12):
         verified = float(rng.random() < 0.35)
         tag = "Encyclopedia" if verified else "Forum post"
-        ps.append(Passage(id=f"{hash(question) % 1000}-{i}", text=f"{tag}: " + template.format(rng.choice(FILLERS)),
+        ps.append(Passage(id=f"{zlib.crc32(question.encode()) % 1000}-{rng.getrandbits(32):08x}", text=f"{tag}: " + template.format(rng.choice(FILLERS)),
                           metadata={"verified": verified}, scores={"matching": rng.random()}))
     return ContextState(query=question, passages=ps)
 
 
 def user_reaction(state: ContextState) -> str:
-    top_two = state.passages[:2]
-    return "copy" if sum(p.metadata["verified"] for p in top_two) >= 1 else "dislike"
+    return "copy" if state.passages[0].metadata["verified"] else "dislike"
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ctxkit_cascade_"))
     db = str(work / "feedback.sqlite")
-    ranker = FeedbackRanker(k=3, use_embeddings=False, metadata_features=["verified"], epochs=80, seed=0)
+    ranker = FeedbackRanker(k=3, use_embeddings=False, metadata_features=["verified"], epochs=400, seed=0)
     pipe = Pipeline([BiEncoderPreRanker(k=8), ranker, Arranger(strategy="as_ranked"), RecordFeedback(store=db)])
     rng = random.Random(0)
 

@@ -8,6 +8,7 @@ map, sort, and keep their own budget ``k``.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -23,6 +24,13 @@ from ._common import apply_scores, flatten, passage_text
 __all__ = ["BiEncoderPreRanker", "CrossEncoderPreRanker"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def _cpu_has_bf16(torch: Any) -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class BiEncoderPreRanker(BaseStage):
@@ -79,8 +87,9 @@ class CrossEncoderPreRanker(BaseStage):
         k: Passages kept per query (``None`` keeps all, re-sorted).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` (bfloat16
-            autocast; ~1.8x faster on CPUs with AVX512-BF16/AMX with near-identical rankings) or
-            ``"fp16"`` (CUDA only).
+            autocast; ~1.8x faster on CPUs with native AVX512-BF16/AMX with near-identical
+            rankings, but much SLOWER on CPUs without it, where it is emulated: a warning says so)
+            or ``"fp16"`` (CUDA; on CPU it means bf16).
         batch_size: Pairs per forward pass.
         max_length: Maximum tokens per pair (``None``: the model's own limit).
         with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
@@ -107,6 +116,11 @@ class CrossEncoderPreRanker(BaseStage):
             precision = "fp16" if device.startswith("cuda") else "fp32"
         if precision == "fp16" and not device.startswith("cuda"):
             precision = "bf16"  # fp16 matmuls are slow or unsupported on CPU; bf16 is the CPU lever
+        if precision == "bf16" and device == "cpu" and not _cpu_has_bf16(torch):
+            warnings.warn(
+                "cross_encoder: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is emulated and "
+                "much slower than fp32 here. Use precision='fp32'.", stacklevel=2,
+            )
         path = resolve_model(self.model, "other").path
         try:
             model = st.CrossEncoder(path, device=device, max_length=self.max_length)
