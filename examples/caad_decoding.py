@@ -48,8 +48,8 @@ def main() -> None:
 
     caad = CAADLogitsProcessor(space, gen.tokenizer, alpha=0.5, tau=0.7)
     convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    plain = gen.generate(convs, max_new_tokens=40)
-    shaped = gen.generate(convs, max_new_tokens=40, logits_processors=[caad])
+    plain = gen.generate(convs, max_new_tokens=32)
+    shaped = gen.generate(convs, max_new_tokens=32, logits_processors=[caad])
     for q, p, s in zip(QUESTIONS, plain, shaped, strict=True):
         print(f"\nQ: {q}\n  plain: {p.text}\n  CAAD : {s.text}")
     print(f"\nCAAD statistics of the last batch: {caad.stats.as_dict()}")
@@ -62,6 +62,7 @@ def main() -> None:
                         ("AdaCAD", [AdaCADLogitsProcessor.for_generator(gen)])):
         out = gen.generate(conv, max_new_tokens=24, logits_processors=procs)[0]
         print(f"  {name:6s}: {out.text}")
+    print("caad_decoding: ok")
 
 
 if __name__ == "__main__":
