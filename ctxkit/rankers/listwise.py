@@ -100,7 +100,7 @@ class FeedbackRanker(BaseStage):
         credit: How a list's reward is spread over its items: ``"dcg"`` (1/log2(pos+2), the
             top items earn more) or ``"uniform"``.
         score_keys: Earlier stages' score names used as features (``None``: every score seen in
-            the training lists, fixed at fit time).
+            the training lists except this stage's own and the arranger's, fixed at fit time).
         metadata_features: Numeric ``Passage.metadata`` fields used as features.
         use_embeddings: Add query/passage embedding interactions (needs an embedder).
         embedder: Embedding model for those interactions (``"default"``: all-MiniLM-L6-v2).
@@ -342,7 +342,10 @@ class FeedbackRanker(BaseStage):
         if self.score_keys is not None:
             keys = list(self.score_keys)
         else:
-            keys = list(dict.fromkeys(k for sl in lists for it in sl.items for k in (it.get("scores") or {})))
+            # scores written at or after this stage (its own, the arranger's) describe the shown
+            # order, not the item, and are absent when ranking new candidates: never features
+            keys = [k for k in dict.fromkeys(k for sl in lists for it in sl.items for k in (it.get("scores") or {}))
+                    if k != self.name and not k.startswith(("feedback_ranker", "arrange"))]
         self._keys = keys
         self._emb_dim = self._embedder().dim if self.use_embeddings else 0
         torch.manual_seed(self.seed)
