@@ -26,11 +26,12 @@ QUESTIONS = [
     "Does ctxkit send my indexed documents to a remote server?",
 ]
 
-# What the user trusts (a knowledge base): conflict checks compare the context against these.
-TRUSTED_BELIEFS = [
-    "ctxkit's default embedding model is all-MiniLM-L6-v2.",
-    "ctxkit runs fully offline and never uploads indexed documents.",
-]
+# What the user trusts (e.g. a knowledge base), per question: conflict checks compare the
+# retrieved context against these statements (no LLM involved).
+TRUSTED_BELIEFS: dict[str, list[str]] = {
+    QUESTIONS[1]: ["ctxkit's default embedding model is all-MiniLM-L6-v2."],
+    QUESTIONS[2]: ["ctxkit runs fully offline and never uploads indexed documents."],
+}
 
 # Planted documents: one contradicts a trusted belief, two paraphrase a false claim (poison).
 PLANTED_NOTES = {
@@ -82,6 +83,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     """Run the tour; returns the exit status."""
     from .faithfulness import ConflictCheck, SteeringFilter
     from .pipeline import Pipeline
+    from .types import ContextState
     from .rankers import build_cascade
     from .retrievers import ingest
 
@@ -105,25 +107,33 @@ def run_quickstart(args: argparse.Namespace) -> int:
         stages: list[Any] = []
         for stage in cascade.stages:
             if stage.name == "arrange":
-                stages.append(SteeringFilter(action="remove"))
-                stages.append(ConflictCheck(beliefs=TRUSTED_BELIEFS, action="annotate", device="cpu"))
+                # Demote rather than remove: the set-level detector also flags on-topic passages that
+                # paraphrase each other (see docs/steering.md), so nothing is thrown away here.
+                stages.append(SteeringFilter(action="demote"))
+                # Stricter than the default threshold (0.5): only strong conflicts are shown.
+                stages.append(ConflictCheck(action="annotate", threshold=0.65, device="cpu"))
             stages.append(stage)
         pipe = Pipeline(stages)
         print("== 2. pipeline: " + " -> ".join(s.name for s in pipe.stages))
 
-        states = pipe.batch(QUESTIONS)
+        states = pipe.batch(
+            [ContextState(query=q, metadata={"beliefs": TRUSTED_BELIEFS.get(q, [])}) for q in QUESTIONS]
+        )
         for i, state in enumerate(states, 1):
             print(f"\n-- Q{i}: {state.query}")
             for rank, p in enumerate(state.passages[:4], 1):
+                if p.id in state.flags.get("inappropriate", []):
+                    continue
                 print(f"   {rank}. [{p.id}] {p.text[:90]!r}")
                 print(f"      scores: {_fmt_scores(p.scores)}")
             timing = ", ".join(
                 f"{r.stage} {r.n_in}->{r.n_out} {1000 * r.seconds:.0f}ms" for r in state.trace.stages
             )
             print(f"   trace: {timing}")
-            flagged = state.flags.get("inappropriate", [])
-            if flagged:
-                print(f"   steering: removed {len(flagged)} inappropriate passage(s): {flagged}")
+            flagged = set(state.flags.get("inappropriate", []))
+            for p in state.passages:
+                if p.id in flagged:
+                    print(f"   STEERING flagged (demoted to the end), p={p.scores.get('rw_steering', float('nan')):.2f}: [{p.id}] {p.text[:70]!r}")
             for c in state.conflicts:
                 print(
                     f"   CONFLICT [{c.kind}] score={c.score:.2f}: belief {c.belief!r}\n"

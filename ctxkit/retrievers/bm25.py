@@ -46,6 +46,8 @@ def tokenize(texts: list[str], settings: dict[str, Any], show_progress: bool = F
 def build_bm25(texts: list[str], settings: dict[str, Any], show_progress: bool = False) -> Any:
     """A ``bm25s.BM25`` indexed over ``texts``."""
     bm25s = require("bm25s")
+    # bm25s logs every index build at DEBUG on its own handler; keep it quiet unless asked.
+    logging.getLogger("bm25s").setLevel(max(logging.getLogger().level, logging.INFO))
     model = bm25s.BM25(k1=settings.get("k1", 1.5), b=settings.get("b", 0.75))
     model.index(tokenize(texts, settings, show_progress), show_progress=show_progress)
     return model
