@@ -376,3 +376,12 @@ def test_build_cascade_over_real_index(tmp_path: Path, minilm) -> None:
     assert state.passages[0].doc_id == "d0"
     assert any("bi_encoder" in ln and "feedback_ranker" in ln for ln in lines)
     assert FeedbackStore(tmp_path / "fb.sqlite").get(state.trace.list_id).items[0]["id"] == state.passages[0].id
+
+
+def test_cross_encoder_refuses_embedder_alias():
+    from ctxkit.errors import ConfigError
+    from ctxkit.rankers import CrossEncoderPreRanker
+
+    stage = CrossEncoderPreRanker(model="default")
+    with pytest.raises(ConfigError, match="not a cross-encoder"):
+        stage.warm_up()

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from .._lazy import require
-from ..errors import ModelNotAvailableError
+from ..errors import ConfigError, ModelNotAvailableError
 from ..models import get_embedder, resolve_device, resolve_model
 from ..pipeline import BaseStage
 from ..types import ContextState
@@ -121,7 +121,14 @@ class CrossEncoderPreRanker(BaseStage):
                 "cross_encoder: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is emulated and "
                 "much slower than fp32 here. Use precision='fp32'.", stacklevel=2,
             )
-        path = resolve_model(self.model, "other").path
+        if self.model.strip().lower() in {"default", "minilm", "smollm2", "all-minilm-l6-v2"}:
+            # These aliases name the offline embedder / LLM: loading them as a cross-encoder would
+            # silently give an untrained classification head.
+            raise ConfigError(
+                f"cross_encoder: {self.model!r} is not a cross-encoder; pass the local path or hub id "
+                "of a trained cross-encoder (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2)"
+            )
+        path = resolve_model(self.model).path
         try:
             model = st.CrossEncoder(path, device=device, max_length=self.max_length)
         except OSError as exc:
