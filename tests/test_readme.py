@@ -27,6 +27,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_them():
 
 def test_readme_python_example_runs(tmp_path):
     """The README's "Using it" block runs as written (from a folder holding a copy of docs/)."""
+    import os
     import shutil
     import subprocess
     import sys
@@ -36,7 +37,7 @@ def test_readme_python_example_runs(tmp_path):
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     res = subprocess.run(
         [sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "'hybrid':" in res.stdout and "StageRecord(stage='hybrid'" in res.stdout
