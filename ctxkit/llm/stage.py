@@ -31,7 +31,64 @@ def _fields(template: str) -> set[str]:
         raise ValueError(f"malformed template ({exc}); write literal braces as {{{{ and }}}}") from None
 
 
-class GenerateAnswer(BaseStage):
+class GeneratorStage(BaseStage):
+    """Base of stages that call a generator: a ``generator`` setting (a spec dict such as
+    ``{"backend": "transformers", "model": "default"}``, a model name, or a generator object),
+    built on first use, and optional ``sampling`` overrides; both round-trip through configs."""
+
+    generator: Any = Field(default_factory=lambda: {"backend": "transformers", "model": "default"})
+    sampling: SamplingSettings | None = None
+
+    _gen: Any = PrivateAttr(default=None)
+
+    @field_validator("generator")
+    @classmethod
+    def _check_generator(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            backend = v.get("backend", "transformers")
+            from .spec import BACKENDS
+
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown generator backend {backend!r}; use one of {', '.join(BACKENDS)}")
+            return dict(v)
+        if isinstance(v, str):
+            return {"backend": "transformers", "model": v}
+        if not callable(getattr(v, "generate", None)):
+            raise ValueError("generator must be a spec dict or an object with a generate(batch) method")
+        return v
+
+    @property
+    def generator_obj(self) -> Any:
+        """The generator this stage calls (built from the spec on first use)."""
+        if self._gen is None:
+            from .spec import build_generator
+
+            self._gen = build_generator(self.generator)
+        return self._gen
+
+    def warm_up(self) -> None:
+        gen = self.generator_obj
+        if callable(getattr(gen, "warm_up", None)):
+            gen.warm_up()
+
+    def to_config(self) -> dict[str, Any]:
+        cfg = super().to_config()
+        if not isinstance(self.generator, dict):
+            spec = getattr(self.generator, "to_spec", None)
+            if not callable(spec):
+                raise ConfigError(
+                    f"{type(self).__name__}: the generator {type(self.generator).__name__} cannot be written "
+                    "to a config; pass a spec dict such as {'backend': 'transformers', 'model': ...}"
+                )
+            cfg["generator"] = spec()
+        if self.sampling is None:
+            cfg.pop("sampling", None)
+        else:
+            cfg["sampling"] = self.sampling.model_dump(exclude_unset=True)
+        return cfg
+
+
+class GenerateAnswer(GeneratorStage):
     """Build a prompt from ``state.query`` and the passages, then generate the answer.
 
     All states of the batch go to the generator in ONE call (the generator batches them). The
@@ -60,31 +117,11 @@ class GenerateAnswer(BaseStage):
 
     stage_type: ClassVar[str] = "generate"
 
-    generator: Any = Field(default_factory=lambda: {"backend": "transformers", "model": "default"})
     template: str = DEFAULT_TEMPLATE
     passage_format: str = DEFAULT_PASSAGE_FORMAT
     passage_separator: str = "\n"
     system: str | None = None
     max_passages: int | None = Field(None, ge=0)
-    sampling: SamplingSettings | None = None
-
-    _gen: Any = PrivateAttr(default=None)
-
-    @field_validator("generator")
-    @classmethod
-    def _check_generator(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            backend = v.get("backend", "transformers")
-            from .spec import BACKENDS
-
-            if backend not in BACKENDS:
-                raise ValueError(f"unknown generator backend {backend!r}; use one of {', '.join(BACKENDS)}")
-            return dict(v)
-        if isinstance(v, str):
-            return {"backend": "transformers", "model": v}
-        if not callable(getattr(v, "generate", None)):
-            raise ValueError("generator must be a spec dict or an object with a generate(batch) method")
-        return v
 
     @field_validator("template")
     @classmethod
@@ -107,35 +144,6 @@ class GenerateAnswer(BaseStage):
         return v
 
     # -- lifecycle -------------------------------------------------------------------------------
-    @property
-    def generator_obj(self) -> Any:
-        """The generator this stage calls (built from the spec on first use)."""
-        if self._gen is None:
-            from .spec import build_generator
-
-            self._gen = build_generator(self.generator)
-        return self._gen
-
-    def warm_up(self) -> None:
-        gen = self.generator_obj
-        if callable(getattr(gen, "warm_up", None)):
-            gen.warm_up()
-
-    def to_config(self) -> dict[str, Any]:
-        cfg = super().to_config()
-        if not isinstance(self.generator, dict):
-            spec = getattr(self.generator, "to_spec", None)
-            if not callable(spec):
-                raise ConfigError(
-                    f"GenerateAnswer: the generator {type(self.generator).__name__} cannot be written "
-                    "to a config; pass a spec dict such as {'backend': 'transformers', 'model': ...}"
-                )
-            cfg["generator"] = spec()
-        if self.sampling is None:
-            cfg.pop("sampling", None)
-        else:
-            cfg["sampling"] = self.sampling.model_dump(exclude_unset=True)
-        return cfg
 
     # -- prompt ----------------------------------------------------------------------------------
     def format_passage(self, i: int, p: Passage) -> str:

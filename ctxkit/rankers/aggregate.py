@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
 from ..errors import ConfigError
 from ..llm.base import Message, SamplingSettings
-from ..pipeline import BaseStage
+from ..llm.stage import GeneratorStage
 from ..types import ContextState, Passage
 
 __all__ = ["ReasonAggregate", "parse_answer", "normalize_answer", "DEFAULT_COT_TEMPLATE"]
@@ -64,7 +63,7 @@ def parse_answer(text: str, options: list[str] | None = None) -> str | None:
     return m.group(1) if m else None
 
 
-class ReasonAggregate(BaseStage):
+class ReasonAggregate(GeneratorStage):
     """N reasoning paths per query, each over a different subset/order of the kept items.
 
     Attributes:
@@ -91,7 +90,6 @@ class ReasonAggregate(BaseStage):
 
     stage_type: ClassVar[str] = "reason_aggregate"
 
-    generator: Any = Field(default_factory=lambda: {"backend": "transformers", "model": "default"})
     n_paths: int = Field(5, ge=1, le=64)
     items_per_path: int | None = Field(None, ge=1)
     variation: Literal["orders", "subsets", "both"] = "both"
@@ -100,21 +98,7 @@ class ReasonAggregate(BaseStage):
     template: str = DEFAULT_COT_TEMPLATE
     passage_format: str = "[{i}] {text}"
     passage_separator: str = "\n\n"
-    sampling: SamplingSettings | None = None
     seed: int = 0
-
-    _gen: Any = PrivateAttr(default=None)
-
-    @field_validator("generator")
-    @classmethod
-    def _check_generator(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return {"backend": "transformers", "model": v}
-        if isinstance(v, Mapping):
-            return dict(v)
-        if not callable(getattr(v, "generate", None)):
-            raise ValueError("generator must be a spec dict or an object with generate()/score()")
-        return v
 
     @field_validator("template")
     @classmethod
@@ -124,30 +108,6 @@ class ReasonAggregate(BaseStage):
                 raise ValueError(f"template must contain {f}")
         return v
 
-    @property
-    def generator_obj(self) -> Any:
-        """The generator (built from the spec on first use)."""
-        if self._gen is None:
-            from ..llm.spec import build_generator
-
-            self._gen = build_generator(self.generator)
-        return self._gen
-
-    def warm_up(self) -> None:
-        gen = self.generator_obj
-        if callable(getattr(gen, "warm_up", None)):
-            gen.warm_up()
-
-    def to_config(self) -> dict[str, Any]:
-        cfg = super().to_config()
-        if not isinstance(self.generator, dict):
-            spec = getattr(self.generator, "to_spec", None)
-            if not callable(spec):
-                raise ConfigError("reason_aggregate: this generator cannot be written to a config; pass a spec dict")
-            cfg["generator"] = spec()
-        if self.sampling is None:
-            cfg.pop("sampling", None)
-        return cfg
 
     # -- paths -----------------------------------------------------------------------------------
     def paths(self, state: ContextState, rng: np.random.Generator) -> list[list[Passage]]:
