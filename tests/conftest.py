@@ -97,3 +97,25 @@ def minilm():
     emb = get_embedder("default", device="cpu")
     emb.encode(["warm up"])
     return emb
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for the module: many tiny forward passes oversubscribe 2 cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_llm_dir):
+    """``(model, tokenizer)`` of the tiny Llama, tokenizer left-padded for batched generation."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_llm_dir)
+    tok.padding_side = "left"
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llm_dir).eval()
+    return model, tok

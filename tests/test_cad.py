@@ -22,20 +22,12 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Many tiny forward passes: one intra-op thread avoids oversubscription on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
-def lm(tiny_llm_dir):
-    tok = transformers.AutoTokenizer.from_pretrained(tiny_llm_dir)
-    tok.padding_side = "left"
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llm_dir).eval()
-    return model, tok
+def lm(tiny_lm):
+    return tiny_lm
 
 
 def ids_of(tok, text):
