@@ -21,8 +21,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import os
 import platform
 import statistics
 import sys
@@ -44,6 +46,7 @@ MINILM = {
     "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
     "intermediate_size": 1536, "max_position_embeddings": 512,
 }
+PREFETCH = {"auto": None, "on": True, "off": False}
 PROMPTS = [
     "What happens if you eat watermelon seeds?",
     "Where did fortune cookies originate?",
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--assets", default=None, help="dir from --export-assets (tokenizers)")
     ap.add_argument("--export-assets", default=None, metavar="DIR")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--prefetch", default="auto", choices=sorted(PREFETCH),
+                    help="embed windows on a spare core during the forward pass (auto: CPU with a free core); "
+                         "when on, the serial processor is timed too")
     ap.add_argument("--breakdown-only", action="store_true",
                     help="only time the processor's parts per step (window embedding, search) without the LLM")
     ap.add_argument("--out", default="results.json")
@@ -246,7 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     def run(inputs, procs, n, use_cache=True) -> float:
         sync()
         t = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), contextlib.ExitStack() as stack:
+            for p in procs:
+                stack.enter_context(p.prefetching(model))
             model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=use_cache,
                            pad_token_id=tok.pad_token_id,
                            logits_processor=tf.LogitsProcessorList(procs) if procs else None)
@@ -266,17 +274,28 @@ def main(argv: list[str] | None = None) -> dict:
         run(inputs, [], 4)  # warm-up
         for n, storage in configs:
             space = GroundingSpace.synthetic(n, vocab_size=vocab, base=base, storage=storage, top_k=args.top_k)
-            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder)
+            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
+                                       prefetch=PREFETCH[args.prefetch])
+            serial = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
+                                         prefetch=False)
+            overlap = proc._prefetch_enabled()
             space.on(model.device)
             run(inputs, [proc], 4)
-            plain, caad = [], []
+            plain, caad, caad_serial = [], [], []
             for _ in range(args.repeats):
                 plain.append(run(inputs, [], args.new_tokens))
                 caad.append(run(inputs, [proc], args.new_tokens))
+                if overlap:
+                    caad_serial.append(run(inputs, [serial], args.new_tokens))
             key = f"b{b}/{n}/{storage}"
             p, c = statistics.median(plain), statistics.median(caad)
             table[key] = {"batch": b, "entries": n, "storage": storage, "plain_ms_per_token": round(p * 1e3, 2),
-                          "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(c / p, 3)}
+                          "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(c / p, 3),
+                          "prefetch": overlap, "prefetch_hits": proc.stats.prefetch_hits,
+                          "prefetch_misses": proc.stats.prefetch_misses}
+            if caad_serial:
+                cs = statistics.median(caad_serial)
+                table[key].update(caad_serial_ms_per_token=round(cs * 1e3, 2), ratio_serial=round(cs / p, 3))
             match_rate[key] = round(proc.stats.match_rate, 3)
             print(json.dumps({key: table[key]}), flush=True)
             del space, proc
@@ -314,6 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "storage": args.storage,
                      "top_k": args.top_k, "tau": args.tau, "alpha": args.alpha,
                      "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights,
+                     "prefetch": args.prefetch, "cpu_count": os.cpu_count(),
                      "space": f"{len(base)} real entries (quickstart Q/A) + synthetic random keys/top-k logits"},
     }
     Path(args.out).write_text(json.dumps(res, indent=2))

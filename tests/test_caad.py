@@ -306,3 +306,46 @@ def test_through_transformers_generator_and_quickstart(tiny_llm_dir, encoder):
     assert qspace.manifest["n_examples"] == 10 and qproc.tokenizer is gen.tokenizer
     res = gen.generate([[{"role": "user", "content": "What is ctxkit?"}]], max_new_tokens=4, logits_processors=[qproc])
     assert res[0].ok and qproc.stats.steps == 4 and qproc.stats.steps_with_match >= 1
+
+
+def test_prefetching_is_token_identical_and_overlaps_every_step(lm, label_space):
+    model, tok = lm
+    qs = [EXAMPLES[0][0], "the lazy dog", EXAMPLES[1][0] + " in paris where is the tower"]
+    serial = CAADLogitsProcessor(label_space, tok, alpha=3.0, tau=0.6, prefetch=False)
+    want = generate(model, tok, qs, [serial], n=6)
+    for use_cache in (True, False):  # decode steps with one new token, and full sequences
+        proc = CAADLogitsProcessor(label_space, tok, alpha=3.0, tau=0.6, prefetch=True)
+        with proc.prefetching(model):
+            got = generate(model, tok, qs, [proc], n=6, use_cache=use_cache)
+        assert got == want
+        st = proc.stats
+        assert (st.prefetch_hits, st.prefetch_misses) == (6, 0)
+        assert st.matches_per_row == serial.stats.matches_per_row
+    assert serial.stats.prefetch_hits == 0
+    # the hook is removed on exit: later generations embed serially
+    generate(model, tok, qs[:1], [proc], n=2)
+    assert proc.stats.prefetch_hits == 0
+
+
+def test_prefetched_windows_that_do_not_match_are_recomputed(lm, space):
+    model, tok = lm
+    a = tok([tok.decode(prompt_ids(tok, EXAMPLES[0][0]))], add_special_tokens=False, return_tensors="pt")
+    b = tok([tok.decode(prompt_ids(tok, EXAMPLES[2][0]))], add_special_tokens=False, return_tensors="pt")
+    proc = CAADLogitsProcessor(space, tok, alpha=1.0, tau=0.0, prefetch=True)
+    ref = CAADLogitsProcessor(space, tok, alpha=1.0, tau=0.0, prefetch=False)
+    scores = torch.randn(1, len(tok))
+    with torch.inference_mode(), proc.prefetching(model):
+        model(**a)  # prefetches the windows of a ...
+        out = proc(b["input_ids"], scores)  # ... but the step is about b
+    assert (proc.stats.prefetch_hits, proc.stats.prefetch_misses) == (0, 1)
+    assert torch.equal(out, ref(b["input_ids"], scores))
+
+
+def test_prefetch_auto_needs_a_spare_core(lm, space, monkeypatch):
+    _, tok = lm
+    proc = CAADLogitsProcessor(space, tok)
+    monkeypatch.setattr("os.cpu_count", lambda: torch.get_num_threads())
+    assert not proc._prefetch_enabled()
+    monkeypatch.setattr("os.cpu_count", lambda: torch.get_num_threads() + 1)
+    assert proc._prefetch_enabled()
+    assert not CAADLogitsProcessor(space, tok, prefetch=False)._prefetch_enabled()

@@ -22,10 +22,12 @@ no clean-up) of the same ``window`` token ids immediately before the predicted t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -551,12 +553,18 @@ class CAADStats:
         steps_with_match: Steps where at least one row had a match.
         matches_per_row: ``(steps, B)`` number of matched entries.
         mean_similarity: ``(steps, B)`` mean cosine of the matches (0 where none).
+        prefetch_hits: Steps whose window embedding was computed during the forward pass
+            (see :meth:`CAADLogitsProcessor.prefetching`).
+        prefetch_misses: Steps where a prefetched embedding did not match the real windows and
+            was recomputed (results are identical either way).
     """
 
     steps: int = 0
     steps_with_match: int = 0
     matches_per_row: list[list[int]] = field(default_factory=list)
     mean_similarity: list[list[float]] = field(default_factory=list)
+    prefetch_hits: int = 0
+    prefetch_misses: int = 0
 
     @property
     def match_rate(self) -> float:
@@ -575,6 +583,8 @@ class CAADStats:
             "match_rate": self.match_rate,
             "mean_matches": sum(cells) / len(cells) if cells else 0.0,
             "mean_similarity": sum(sims) / len(sims) if sims else 0.0,
+            "prefetch_hits": self.prefetch_hits,
+            "prefetch_misses": self.prefetch_misses,
         }
 
 
@@ -596,6 +606,9 @@ class CAADLogitsProcessor:
         top_n: Use at most the ``top_n`` most similar entries per step (``None``: all above tau).
         embedder: Window embedder; default: the one the space was built with.
         record_stats: Keep per-step match statistics (see :attr:`stats`).
+        prefetch: Inside :meth:`prefetching`, embed each step's windows on a spare CPU core while
+            the model runs its forward pass. ``None`` (auto): on when the embedder is on the CPU
+            and torch leaves a core free (``torch.get_num_threads() < os.cpu_count()``).
     """
 
     def __init__(
@@ -608,6 +621,7 @@ class CAADLogitsProcessor:
         top_n: int | None = None,
         embedder: Any = None,
         record_stats: bool = True,
+        prefetch: bool | None = None,
     ) -> None:
         if not isinstance(space, GroundingSpace):
             space = GroundingSpace.load(space)
@@ -627,10 +641,14 @@ class CAADLogitsProcessor:
         else:
             self.encoder = WindowEncoder(embedder or space.manifest.get("embedder", "default"))
         self.record_stats = record_stats
+        self.prefetch = prefetch
         self.tokenizer: Any = None
         self._tracker = StepTracker()
         self._matches: list[Any] = []
         self._sims: list[Any] = []
+        self._windows: list[list[int]] | None = None  # windows of the last step
+        self._pending: tuple[list[list[int]], Any] | None = None  # (windows, future)
+        self._hits = self._misses = 0
         if tokenizer is not None:
             self.bind(tokenizer)
 
@@ -673,6 +691,8 @@ class CAADLogitsProcessor:
         """Forget the current generation and its statistics."""
         self._tracker.reset()
         self._matches, self._sims = [], []
+        self._windows, self._pending = None, None
+        self._hits = self._misses = 0
 
     @property
     def stats(self) -> CAADStats:
@@ -680,7 +700,73 @@ class CAADLogitsProcessor:
         m = [x.tolist() for x in self._matches]
         s = [x.tolist() for x in self._sims]
         return CAADStats(steps=len(m), steps_with_match=sum(1 for r in m if any(v > 0 for v in r)),
-                         matches_per_row=m, mean_similarity=s)
+                         matches_per_row=m, mean_similarity=s,
+                         prefetch_hits=self._hits, prefetch_misses=self._misses)
+
+    def _prefetch_enabled(self) -> bool:
+        if self.prefetch is not None:
+            return bool(self.prefetch)
+        torch = require("torch")
+        return self.encoder.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+
+    @contextlib.contextmanager
+    def prefetching(self, model: Any) -> Iterator[CAADLogitsProcessor]:
+        """Overlap the window embedding with ``model``'s forward pass during ``generate``.
+
+        The windows of step ``t`` are known before the forward pass of step ``t`` starts (they end
+        with the token sampled at step ``t - 1``). Inside this context a forward pre-hook on
+        ``model`` starts embedding them in a worker thread, and the processor call of that step
+        takes the result. On a CPU this puts the embedder on a core the decoding step leaves idle,
+        which hides most of its cost. Each step checks that the prefetched windows are exactly
+        the step's real windows and recomputes them otherwise, so outputs are identical with and
+        without it. Does nothing when prefetching is off (see ``prefetch``).
+
+        Example:
+            ``with proc.prefetching(model): model.generate(..., logits_processor=[proc])``
+        """
+        if not self._prefetch_enabled():
+            yield self
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._ensure_tokenizer()
+        _ = self.encoder.model  # load it here, not in the worker thread
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="caad-prefetch")
+
+        def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            wins = self._next_windows(ids)
+            if wins is not None:
+                texts = window_texts(self.tokenizer, wins)
+                self._pending = (wins, pool.submit(self.encoder.encode, texts))
+
+        handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            self._pending = None
+            pool.shutdown(wait=True)
+
+    def _next_windows(self, ids: Any) -> list[list[int]] | None:
+        """The windows the next processor call will see, from the forward pass's input ids."""
+        if ids is None or getattr(ids, "ndim", 0) != 2:
+            return None
+        w = self.window
+        if ids.shape[1] == 1 and self._windows is not None and len(self._windows) == ids.shape[0]:
+            return [(prev + [t])[-w:] for prev, t in zip(self._windows, ids[:, 0].tolist(), strict=True)]
+        # A full sequence (prefill, or decoding without a cache): strip the left padding as
+        # StepTracker does for a new generation.
+        pad = self._tracker.pad_token_id
+        tail = ids[:, -w:].tolist()
+        if pad is None:
+            return tail
+        out = []
+        for row, full in zip(tail, ids.tolist(), strict=True):
+            real = [k for k, t in enumerate(full) if t != pad]
+            start = real[0] if real else len(full)
+            out.append(row[max(start - (len(full) - len(row)), 0):])
+        return out
 
     def shift_windows(self, windows: Sequence[Sequence[int]], scores: Any) -> Any:
         """``scores + alpha * z_bar`` for rows whose preceding windows are ``windows``.
@@ -695,7 +781,7 @@ class CAADLogitsProcessor:
                 f"the scores have {vs} columns but the space's tokenizer has "
                 f"{self.space.manifest.get('tokenizer_len')} tokens: wrong model for this space"
             )
-        q = self.encoder.encode(window_texts(self.tokenizer, windows)).to(scores.device)
+        q = self._embed_windows(windows).to(scores.device)
         z, matched, mean_sim = self.space.shift(q, tau=self.tau, top_n=self.top_n)
         if self.record_stats:
             self._matches.append(matched)
@@ -711,12 +797,24 @@ class CAADLogitsProcessor:
         out[rows, :w] = upd.to(out.dtype)
         return out
 
+    def _embed_windows(self, windows: Sequence[Sequence[int]]) -> Any:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if [list(w) for w in windows] == pending[0]:
+                self._hits += 1
+                return pending[1].result()
+            self._misses += 1
+            pending[1].cancel()
+        return self.encoder.encode(window_texts(self.tokenizer, windows))
+
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         """One decoding step for the whole batch (transformers ``LogitsProcessor`` protocol)."""
         self._ensure_tokenizer()
         if self._tracker.update(input_ids):
             self._matches, self._sims = [], []
-        return self.shift_windows(self._tracker.windows(input_ids, self.window), scores)
+            self._hits = self._misses = 0
+        self._windows = self._tracker.windows(input_ids, self.window)
+        return self.shift_windows(self._windows, scores)
 
     def __repr__(self) -> str:
         return (f"CAADLogitsProcessor(entries={len(self.space)}, alpha={self.alpha}, tau={self.tau}, "

@@ -12,6 +12,8 @@ from the end of the last block backwards.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import logging
 import math
@@ -494,7 +496,11 @@ class TransformersGenerator(BaseGenerator):
         if procs:
             kwargs["logits_processor"] = tf.LogitsProcessorList(procs)
         dev = model.device
-        with self._lock, torch.inference_mode():  # one generate at a time (global seed, memory)
+        with self._lock, torch.inference_mode(), contextlib.ExitStack() as stack:
+            # one generate at a time (global seed, memory)
+            for p in procs:  # e.g. CAAD embeds its windows on a spare core during the forward pass
+                if callable(getattr(p, "prefetching", None)):
+                    stack.enter_context(p.prefetching(model))
             if cfg.seed is not None:
                 torch.manual_seed(cfg.seed)
             out = model.generate(
