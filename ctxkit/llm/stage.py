@@ -13,15 +13,55 @@ from ..pipeline import BaseStage
 from ..types import ContextState, Passage
 from .base import Generation, Message, SamplingSettings
 
-__all__ = ["DEFAULT_PASSAGE_FORMAT", "DEFAULT_TEMPLATE", "GenerateAnswer"]
+__all__ = ["DEFAULT_PASSAGE_FORMAT", "DEFAULT_TEMPLATE", "GenerateAnswer", "conflict_section"]
 
 DEFAULT_TEMPLATE = (
     "Answer the question using only the numbered context passages. If they do not contain the "
     "answer, say that you don't know. Answer briefly.\n\n"
     "<context>\n{context}\n</context>\n\n"
-    "Question: {question}\nAnswer:"
+    "{conflicts}Question: {question}\nAnswer:"
 )
 DEFAULT_PASSAGE_FORMAT = "[{i}] {text}"
+CONFLICTS_HEADING = "Conflicts with known facts"
+
+
+def conflict_section(state: ContextState, max_items: int = 3, passage_numbers: dict[str, int] | None = None) -> str:
+    """A short prompt section listing where the passages disagree with known facts.
+
+    Built from ``state.conflicts`` (strongest first); without records, from
+    ``state.metadata["conflict_note"]`` (e.g. written by ``ConflictCheck(action="warn")``).
+
+    Args:
+        state: The state whose conflicts are listed.
+        max_items: List at most this many conflicts.
+        passage_numbers: Passage id -> the number it has in the prompt (``[i]``), to cite it;
+            conflicts in passages not in this map are left out (``None``: keep all).
+
+    Returns:
+        The section text, or ``""`` when the state has no conflicts.
+    """
+    lines: list[str] = []
+    shown = [
+        c for c in state.conflicts
+        if passage_numbers is None or c.passage_id is None or c.passage_id in passage_numbers
+    ]  # a conflict in a passage left out of the prompt is not mentioned
+    for c in sorted(shown, key=lambda c: -c.score)[:max_items]:
+        num = (passage_numbers or {}).get(c.passage_id or "")
+        where = f"passage [{num}]" if num else "a passage"
+        diff = f" ({c.chunk_span} vs {c.belief_span})" if c.chunk_span and c.belief_span else ""
+        lines.append(f'- {where} says "{c.chunk.strip()}", but a known fact says "{c.belief.strip()}"{diff}')
+    if not lines:
+        note = state.metadata.get("conflict_note")
+        if not isinstance(note, str) or not note.strip():
+            return ""
+        lines = [ln for ln in note.strip().splitlines() if ln.strip()]
+        if lines and not lines[0].lstrip().startswith("-"):
+            lines = lines[1:]  # the note's own heading
+        lines = lines[:max_items] or [note.strip()]
+    return (
+        f"{CONFLICTS_HEADING} (these passages disagree with what was known before; weigh them "
+        "with care and say so if it matters for the answer):\n" + "\n".join(lines)
+    )
 
 
 def _fields(template: str) -> set[str]:
@@ -102,12 +142,18 @@ class GenerateAnswer(GeneratorStage):
             ``{"backend": "transformers", "model": "default"}``. Specs round-trip through
             ``to_config``.
         template: User message template with ``{question}`` and ``{context}`` placeholders
-            (``{n}`` gives the number of passages).
+            (``{n}`` gives the number of passages; ``{conflicts}`` where the conflict section
+            goes, else it is put after the last ``</context>``, or first).
         passage_format: How each passage is written: ``{i}`` (1-based), ``{text}``, ``{id}``,
             ``{title}`` (``metadata["title"]`` or ``""``).
         passage_separator: Text between passages.
         system: Optional system message.
         max_passages: Use at most this many passages (in their current order).
+        conflicts: Add a "Conflicts with known facts" section (see :func:`conflict_section`)
+            when the state has conflict records (``state.conflicts``, e.g. from
+            ``ConflictCheck`` or ``FactAligner``) or a ``metadata["conflict_note"]``. Without
+            conflicts the prompt is unchanged.
+        max_conflicts: List at most this many conflicts in that section.
         sampling: Sampling settings for this stage; the fields given override the generator's
             defaults, the others keep them (``None``: the generator's defaults).
 
@@ -122,6 +168,8 @@ class GenerateAnswer(GeneratorStage):
     passage_separator: str = "\n"
     system: str | None = None
     max_passages: int | None = Field(None, ge=0)
+    conflicts: bool = True
+    max_conflicts: int = Field(3, ge=1)
 
     @field_validator("template")
     @classmethod
@@ -130,9 +178,11 @@ class GenerateAnswer(GeneratorStage):
         missing = {"question", "context"} - names
         if missing:
             raise ValueError(f"template must contain the placeholders {{question}} and {{context}}; missing {sorted(missing)}")
-        unknown = names - {"question", "context", "n"}
+        unknown = names - {"question", "context", "n", "conflicts"}
         if unknown:
-            raise ValueError(f"template has unknown placeholders {sorted(unknown)}; allowed: question, context, n")
+            raise ValueError(
+                f"template has unknown placeholders {sorted(unknown)}; allowed: question, context, n, conflicts"
+            )
         return v
 
     @field_validator("passage_format")
@@ -154,7 +204,21 @@ class GenerateAnswer(GeneratorStage):
         """The conversation for one state (also stores ``state.prompt``)."""
         passages = state.passages if self.max_passages is None else state.passages[: self.max_passages]
         context = self.passage_separator.join(self.format_passage(i, p) for i, p in enumerate(passages, 1))
-        user = self.template.format(question=state.query, context=context, n=len(passages))
+        section = ""
+        if self.conflicts:
+            numbers = {p.id: i for i, p in enumerate(passages, 1)}
+            section = conflict_section(state, self.max_conflicts, numbers)
+        slot = "conflicts" in _fields(self.template)
+        user = self.template.format(
+            question=state.query, context=context, n=len(passages), conflicts=f"{section}\n\n" if section and slot else ""
+        )
+        if section and not slot:
+            close = user.rfind("</context>")
+            if close >= 0:
+                cut = close + len("</context>")
+                user = f"{user[:cut]}\n\n{section}{user[cut:]}"
+            else:
+                user = f"{section}\n\n{user}"
         state.prompt = user
         msgs = [Message(role="system", content=self.system)] if self.system else []
         msgs.append(Message(role="user", content=user))
