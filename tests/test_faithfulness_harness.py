@@ -102,3 +102,16 @@ def test_run_resume_and_report(harness, tiny_llm_dir, minilm, tmp_path, monkeypa
     monkeypatch.setattr("sys.argv", ["faithfulness.py", "--report", "--checkpoint", str(ckpt), "--out", str(rep)])
     assert harness.main() == 0
     assert json.loads(rep.read_text())["squad_neg"]["full_context"] == res["squad_neg"]["full_context"]
+
+
+def test_speed_mode(harness, tiny_llm_dir, minilm, tmp_path, monkeypatch, one_torch_thread):
+    data = _data(tmp_path / "data")
+    out = tmp_path / "speed.json"
+    monkeypatch.setattr("sys.argv", [
+        "faithfulness.py", "--model", str(tiny_llm_dir), "--speed", "--n", "3", "--batch-size", "3", "--device", "cpu",
+        "--max-input-tokens", "500", "--facts-tokens", "3", "--answer-tokens", "3", "--data", str(data), "--out", str(out)])
+    assert harness.main() == 0
+    sp = json.loads(out.read_text())["speed"]
+    assert sp["n"] == 3 and sp["batch_size"] == 3
+    assert sp["batched_items_per_s"] > 0 and sp["one_at_a_time_items_per_s"] > 0 and sp["speedup"] > 0
+    assert not out.with_suffix(".items.jsonl").exists()  # no checkpoint in speed mode
