@@ -97,6 +97,24 @@ def test_cross_encoder_bf16_close_to_fp32_and_config_roundtrip(tiny_cross_encode
         CrossEncoderPreRanker(model="x", precision="int3")
 
 
+def test_cross_encoder_int8_quantises_linears_and_stays_close(tiny_cross_encoder_dir: Path) -> None:
+    import torch
+
+    fp32 = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=None, device="cpu", precision="fp32")
+    int8 = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=None, device="cpu", precision="int8")
+    pairs = [(s.query, p.text) for s in _states() for p in s.passages]
+    a, b = fp32.predict(pairs), int8.predict(pairs)
+    mods = list(int8._model.modules())
+    encoder = int8._model[0].model.bert.encoder
+    assert not any(type(m) is torch.nn.Linear for m in encoder.modules())  # encoder linears swapped
+    assert any(type(m) is torch.ao.nn.quantized.dynamic.Linear for m in mods)
+    assert type(int8._model[0].model.classifier) is torch.nn.Linear  # the head stays fp32
+    assert not np.array_equal(a, b)
+    assert np.corrcoef(a, b)[0, 1] > 0.99  # quantisation noise, not a different model
+    with pytest.raises(ConfigError, match="int8"):
+        CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), device="cuda", precision="int8").warm_up()
+
+
 def test_cross_encoder_missing_model_is_typed_error(tmp_path: Path) -> None:
     from ctxkit import ModelNotAvailableError
 

@@ -23,7 +23,7 @@ from ._common import apply_scores, flatten, passage_text
 
 __all__ = ["BiEncoderPreRanker", "CrossEncoderPreRanker"]
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 
 
 def _cpu_has_bf16(torch: Any) -> bool:
@@ -31,6 +31,25 @@ def _cpu_has_bf16(torch: Any) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def _quantize_int8(cross_encoder: Any, torch: Any) -> None:
+    """Swap the Linear layers of a CrossEncoder's transformer encoder for dynamic int8 ones.
+
+    Only the encoder blocks are quantised (where the compute is); the pooler and the scoring head
+    stay fp32, which keeps close scores in a much more faithful order.
+    """
+    holder = cross_encoder[0] if hasattr(cross_encoder, "__getitem__") else cross_encoder
+    hf = getattr(holder, "model", None) or holder.auto_model
+    base = getattr(hf, "base_model", hf)
+    aq = torch.ao.quantization
+    spec = {torch.nn.Linear: aq.per_channel_dynamic_qconfig}
+    with warnings.catch_warnings():  # the eager-mode API is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        if getattr(base, "encoder", None) is not None:
+            base.encoder = aq.quantize_dynamic(base.encoder, spec)
+        else:
+            aq.quantize_dynamic(hf, spec, inplace=True)
 
 
 class BiEncoderPreRanker(BaseStage):
@@ -89,7 +108,9 @@ class CrossEncoderPreRanker(BaseStage):
         precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` (bfloat16
             autocast; ~1.8x faster on CPUs with native AVX512-BF16/AMX with near-identical
             rankings, but much SLOWER on CPUs without it, where it is emulated: a warning says so)
-            or ``"fp16"`` (CUDA; on CPU it means bf16).
+            or ``"fp16"`` (CUDA; on CPU it means bf16), or ``"int8"`` (CPU only: dynamic int8
+            quantisation of the linear layers, per-channel weights; ~1.6x faster than fp32 on an
+            AVX2 CPU but it reorders close scores: top-10 overlap with fp32 ~0.7 in our benchmark).
         batch_size: Pairs per forward pass.
         max_length: Maximum tokens per pair (``None``: the model's own limit).
         with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
@@ -121,6 +142,9 @@ class CrossEncoderPreRanker(BaseStage):
                 "cross_encoder: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is emulated and "
                 "much slower than fp32 here. Use precision='fp32'.", stacklevel=2,
             )
+        if precision == "int8" and not device == "cpu":
+            raise ConfigError("cross_encoder: precision='int8' is for CPU inference; use 'fp16' on "
+                              f"{device!r}")
         if self.model.strip().lower() in {"default", "minilm", "smollm2", "all-minilm-l6-v2"}:
             # These aliases name the offline embedder / LLM: loading them as a cross-encoder would
             # silently give an untrained classification head.
@@ -139,6 +163,8 @@ class CrossEncoderPreRanker(BaseStage):
         if device.startswith("cuda") and precision in ("fp16", "bf16"):
             model.model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
         model.model.eval()
+        if precision == "int8":
+            _quantize_int8(model, torch)
         self._model = model
         self._device = device
         self._precision = precision
