@@ -7,6 +7,7 @@ import pytest
 from ctxkit import Pipeline, build_stage
 from ctxkit.errors import ConfigError, InputError
 from ctxkit.faithfulness.conflicts import (
+    DEFAULT_WEIGHTS,
     Belief,
     ConflictCheck,
     ConflictDetector,
@@ -170,3 +171,50 @@ def test_cli_conflicts_command(capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert '"chunk_span": "1901"' in out and '"kind": "date"' in out
+
+
+def test_weights_are_validated() -> None:
+    with pytest.raises(ConfigError, match="unknown feature weight"):
+        ConflictDetector(weights={"bogus": 1.0})
+    with pytest.raises(ConfigError, match="weights"):
+        ConflictCheck(weights={"bogus": 1.0})
+    det = ConflictDetector(weights={"context": 0.0})
+    assert det.weights["context"] == 0.0 and set(det.weights) == set(DEFAULT_WEIGHTS)
+
+
+def test_substitute_sharing_the_answer_head_word_is_found(detector) -> None:
+    # The substituted value shares the head word "County" with the believed one: it is a
+    # candidate (only values named in the question's topic are excluded).
+    sentences = [
+        "Fairview is a small town known for its dairy farms and an old mill.",
+        "Fairview lies in Madison County, in the state of Indiana.",
+        "The town's population was about 2,000 at the last census.",
+        "The county fair of the region attracts farmers from the whole state.",
+    ]
+    belief = Belief.from_answer("Where is the town of Fairview located?", "Hancock County")
+    ranked = detector.rank([[belief]], [sentences])[0]
+    top = ranked[0]
+    assert top.chunk == 1 and top.flagged
+    assert top.kind == "entity" and top.chunk_span == "Madison County"
+    feats = {c.chunk: c.info["features"] for c in ranked}
+    assert feats[2]["context"] > feats[3]["context"]  # its neighbour names the town
+    assert feats[1]["partial_answer"] == 1.0  # "County" of the believed value is there
+    assert feats[0]["partial_answer"] == 0.0
+    # passages: the conflict is reported with its passage id
+    found = detector.detect_batch(
+        [[belief]], [[Passage(id="a", text=sentences[0]), Passage(id="b", text=" ".join(sentences[1:]))]]
+    )[0]
+    assert found[0].chunk == sentences[1] and found[0].passage_id == "b"
+
+
+def test_idf_overlap_discounts_words_found_everywhere(detector) -> None:
+    sentences = [
+        "The river flows through the valley of the river basin.",
+        "The river was first mapped by Dutch sailors in 1640.",
+        "The river is home to many fish.",
+    ]
+    belief = Belief.from_answer("Who first mapped the river?", "English sailors")
+    ranked = detector.rank([[belief]], [sentences])[0]
+    lex_idf = {c.chunk: c.info["features"]["lex_idf"] for c in ranked}
+    assert lex_idf[1] > lex_idf[0] and lex_idf[1] > lex_idf[2]
+    assert ranked[0].chunk == 1 and ranked[0].chunk_span == "Dutch"

@@ -35,6 +35,7 @@ from ..pipeline import BaseStage
 from ..types import Conflict, ContextState, Passage
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "Belief",
     "Span",
     "Candidate",
@@ -300,6 +301,20 @@ class Belief(BaseModel):
                    topic=question.strip(), source=source)
 
 
+# Weights of the extra ranking features: a conditional logit fitted once on the dev split of
+# benchmarks/conflicts.py (first 150 ids of SQuAD-KRE and of MuSiQue-KRE, alpha fixed at 0.3).
+# lex_idf, context and has_value did not help on dev (see the ablation in benchmarks/README.md)
+# and are off by default; they stay computed and can be switched on with ``weights``.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "lex_idf": 0.0,
+    "context": 0.0,
+    "answer_sim": 0.81,
+    "partial_answer": 0.23,
+    "has_value": 0.0,
+}
+DEFAULT_MISMATCH_WEIGHT = 0.55
+
+
 @dataclass
 class Candidate:
     """A scored (belief, chunk) pair; :class:`ConflictDetector` ranks these."""
@@ -351,11 +366,12 @@ class ConflictDetector:
         *,
         device: str = "auto",
         alpha: float = 0.3,
-        mismatch_weight: float = 0.25,
+        mismatch_weight: float = DEFAULT_MISMATCH_WEIGHT,
         threshold: float = 0.5,
         min_relevance: float = 0.35,
         batch_size: int = 128,
         span_candidates: int = 8,
+        weights: dict[str, float] | None = None,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"ConflictDetector: alpha must be in [0, 1], got {alpha}")
@@ -369,6 +385,13 @@ class ConflictDetector:
         self.min_relevance = min_relevance
         self.batch_size = batch_size
         self.span_candidates = span_candidates
+        w = {**DEFAULT_WEIGHTS, **(weights or {})}
+        unknown = set(w) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ConfigError(
+                f"ConflictDetector: unknown feature weight(s) {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}"
+            )
+        self.weights = w
         self._embedder: Any = None
 
     @property
@@ -423,7 +446,8 @@ class ConflictDetector:
             for ps in passages
         ]
         bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
-        scored = self._score([b for b in bel], [[c.text for c in cs] for cs in chunks])
+        groups = [[hash(c.passage_id) for c in cs] for cs in chunks]
+        scored = self._score(bel, [[c.text for c in cs] for cs in chunks], groups)
         out: list[list[Conflict]] = []
         for bs, cs, cands in zip(bel, chunks, scored, strict=True):
             per_belief: dict[int, int] = {}
@@ -465,13 +489,19 @@ class ConflictDetector:
     def _conflict_score(self, c: Candidate) -> float:
         return max(0.0, min(1.0, c.mismatch * min(1.0, c.relevance / max(self.min_relevance, 1e-6) * 0.5 + 0.5)))
 
-    def _score(self, beliefs: list[list[Belief]], chunks: list[list[str]]) -> list[list[Candidate]]:
+    def _score(
+        self,
+        beliefs: list[list[Belief]],
+        chunks: list[list[str]],
+        groups: list[list[int]] | None = None,
+    ) -> list[list[Candidate]]:
+        """Features and scores of every (belief, chunk) pair; ``groups`` marks which chunks are
+        neighbours (same passage); by default all chunks of a query are one text in order."""
         if len(beliefs) != len(chunks):
             raise InputError(f"{len(beliefs)} belief lists but {len(chunks)} chunk lists")
         import numpy as np
 
-        # Phase 1: relevance of every (belief, chunk) pair; one encoder call for topics, chunks
-        # and believed values of the whole batch.
+        # Phase 1: one encoder call for the topics, believed values and chunks of the whole batch.
         texts: dict[str, int] = {}
 
         def idx(t: str) -> int:
@@ -486,7 +516,7 @@ class ConflictDetector:
                 idx(b.topic or b.text)
                 ks = [Span(b.answer, span_kind(b.answer))] if b.answer else extract_spans(b.text)
                 for k in ks:
-                    if k.kind in ("entity", "other"):
+                    if k.kind in ("entity", "other") or b.answer:
                         idx(k.text)
                 ks_q.append(ks)
             key_spans.append(ks_q)
@@ -503,40 +533,73 @@ class ConflictDetector:
             rows.append(row)
             if not bs or not cs:
                 continue
-            sims = emb[[texts[b.topic or b.text] for b in bs]] @ emb[[texts[c] for c in cs]].T
+            cvec = emb[[texts[c] for c in cs]]
+            sims = emb[[texts[b.topic or b.text] for b in bs]] @ cvec.T
             row["spans"] = [extract_spans(c) for c in cs]
             words = [content_words(c) for c in cs]
             norms = [f" {_norm(c)} " for c in cs]
             nums = [_numbers(c) for c in cs]
+            # BM25-style idf from the query's own chunks: a word in every chunk locates nothing
+            df: dict[str, int] = {}
+            for ws in words:
+                for w in ws:
+                    df[w] = df.get(w, 0) + 1
+            n_c = len(cs)
+            grp = groups[qi] if groups is not None else [0] * n_c
             for bi, (b, ks) in enumerate(zip(bs, ks_q, strict=True)):
-                topic_words = content_words(b.topic or b.text)
+                topic = b.topic or b.text
+                topic_words = content_words(topic)
                 if not b.answer:  # a plain statement: its values are not part of its topic
                     topic_words -= {w for k in ks if k.kind in ("number", "date") for w in content_words(k.text)}
-                rels = []
-                for ci in range(len(cs)):
+                idf = {w: float(np.log1p((n_c - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5))) for w in topic_words}
+                idf_total = sum(idf.values()) or 1.0
+                ans_words = content_words(b.answer) - topic_words if b.answer else set()
+                ans_sims = emb[texts[b.answer]] @ cvec.T if b.answer else np.zeros(n_c, np.float32)
+                for ci in range(n_c):
                     sim = float(sims[bi, ci])
-                    lex = len(topic_words & words[ci]) / max(len(topic_words), 1)
-                    rel = self.alpha * sim + (1 - self.alpha) * lex
+                    shared = topic_words & words[ci]
+                    lex = len(shared) / max(len(topic_words), 1)
+                    lex_idf = sum(idf[w] for w in shared) / idf_total
                     absent = [k for k in ks if not self._present(k, norms[ci], nums[ci], words[ci])]
-                    row["pairs"][bi, ci] = {"sim": sim, "lex": lex, "rel": rel, "absent": absent,
-                                            "best": (0.0, "other", None, None)}
-                    rels.append(rel)
-                # Spans are embedded only for the chunks most on topic (the rest cannot rank high).
-                for ci in sorted(range(len(cs)), key=lambda i: -rels[i])[: self.span_candidates]:
+                    partial = len(ans_words & words[ci]) / len(ans_words) if ans_words and absent else 0.0
+                    rel = self.alpha * sim + (1 - self.alpha) * lex
+                    row["pairs"][bi, ci] = {
+                        "sim": sim, "lex": lex, "lex_idf": lex_idf, "rel": rel, "absent": absent,
+                        "answer_sim": float(ans_sims[ci]), "partial_answer": partial,
+                        "has_value": bool(ks) and not absent, "best": (0.0, "other", None, None),
+                    }
+                # neighbour context: a sentence's subject is often named in the one before it
+                lexes = [row["pairs"][bi, ci]["lex_idf"] for ci in range(n_c)]
+                for ci in range(n_c):
+                    nb = [lexes[j] for j in (ci - 1, ci + 1) if 0 <= j < n_c and grp[j] == grp[ci]]
+                    row["pairs"][bi, ci]["context"] = max(nb, default=0.0)
+                # Spans are embedded only for the chunks ranked highest before the mismatch
+                # (the rest cannot rank high).
+                pre = []
+                for ci in range(n_c):
+                    pr = row["pairs"][bi, ci]
+                    pr["has_value"] = float(pr["has_value"])
+                    pre.append(pr["rel"] + sum(w * pr[f] for f, w in self.weights.items()))
+                for ci in sorted(range(n_c), key=lambda i: -pre[i])[: self.span_candidates]:
                     for k in row["pairs"][bi, ci]["absent"]:
                         if k.kind in ("entity", "other"):
                             pending.append((qi, bi, ci, k))
         # Phase 2: candidate values of the same category as the believed value (one encoder call).
         pools: dict[tuple[int, int, int, str], list[str]] = {}
         for qi, bi, ci, k in pending:
-            belief_norm = f" {_norm(beliefs[qi][bi].text)} "
+            b = beliefs[qi][bi]
+            topic_norm = f" {_norm(b.topic or b.text)} "
+            topic_words = content_words(b.topic or b.text)
             if k.kind == "entity":
                 pool = [sp.text for sp in rows[qi]["spans"][ci] if sp.kind == "entity"]
             else:
                 pool = _other_terms(chunks[qi][ci])
-            # a value sharing words with the belief is part of its subject, not a substitute
-            bwords = content_words(beliefs[qi][bi].text)
-            pool = [t for t in pool if f" {_norm(t)} " not in belief_norm and not (content_words(t) & bwords)]
+            # a value named in the belief's topic is its subject, not a substitute for its value
+            pool = [
+                t for t in pool
+                if f" {_norm(t)} " not in topic_norm and not content_words(t) <= topic_words
+                and _norm(t) != _norm(k.text)
+            ]
             pools[qi, bi, ci, k.text] = pool
             for t in pool:
                 idx(t)
@@ -554,21 +617,21 @@ class ConflictDetector:
                 best = pr["best"]
                 for k in pr["absent"]:
                     if k.kind in ("number", "date"):
-                        m, span = self._typed_mismatch(k, row["spans"][ci], f" {_norm(b.text)} ")
+                        m, span = self._typed_mismatch(k, row["spans"][ci], f" {_norm(b.topic or b.text)} ")
                     else:
                         pool = pools.get((qi, bi, ci, k.text), [])
                         m, span = 0.0, None
                         if pool:
-                            sims = emb[[texts[t] for t in pool]] @ emb[texts[k.text]]
+                            vs = emb[[texts[t] for t in pool]] @ emb[texts[k.text]]
                             # two values of one category (two countries) have cosine ~0.3-0.7
-                            ms = np.clip((sims - 0.15) / 0.4, 0.0, 1.0)
+                            ms = np.clip((vs - 0.15) / 0.4, 0.0, 1.0)
                             if _IDENT.match(k.text):  # a code/model name replaced by another one
                                 ms = np.maximum(ms, [0.75 if _IDENT.match(t) else 0.0 for t in pool])
                             j = int(ms.argmax())
                             m, span = float(ms[j]), pool[j]
                     if m > best[0]:
                         best = (m, k.kind, k.text, span)
-                supports = bool(ks) and not pr["absent"]
+                supports = bool(pr["has_value"])
                 if not b.answer and len(ks) > 1 and len(pr["absent"]) == len(ks):
                     # nothing of a multi-part statement is in the chunk: probably another subject
                     best = (best[0] * 0.5, *best[1:])
@@ -576,21 +639,28 @@ class ConflictDetector:
                     best = (0.6 if supports else 0.8, "negation", None, None)
                     supports = False
                 mismatch, kind, bspan, cspan = best
-                rel = pr["rel"]
+                feats = {
+                    "lex_idf": pr["lex_idf"], "context": pr["context"],
+                    "answer_sim": pr["answer_sim"], "partial_answer": pr["partial_answer"],
+                    "has_value": float(supports),
+                }
+                rank = pr["rel"] + self.mismatch_weight * mismatch + sum(
+                    w * feats[f] for f, w in self.weights.items()
+                )
                 cands.append(
                     Candidate(
                         belief=bi,
                         chunk=ci,
                         similarity=pr["sim"],
-                        relevance=rel,
+                        relevance=pr["rel"],
                         mismatch=mismatch,
                         kind=kind,
                         belief_span=bspan,
                         chunk_span=cspan,
-                        rank_score=rel + self.mismatch_weight * mismatch,
-                        flagged=mismatch >= self.threshold and rel >= self.min_relevance,
+                        rank_score=rank,
+                        flagged=mismatch >= self.threshold and pr["rel"] >= self.min_relevance,
                         supports=supports,
-                        info={"lex": pr["lex"]},
+                        info={"lex": pr["lex"], "lex_idf": pr["lex_idf"], "sim": pr["sim"], "features": feats},
                     )
                 )
             # A context that states the believed value where it is most on topic does not
@@ -681,11 +751,21 @@ class ConflictCheck(BaseStage):
     chunk_words: int = Field(0, ge=0)
     top_k: int = Field(5, ge=1)
     alpha: float = Field(0.3, ge=0.0, le=1.0)
-    mismatch_weight: float = Field(0.25, ge=0.0)
+    mismatch_weight: float = Field(DEFAULT_MISMATCH_WEIGHT, ge=0.0)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     min_relevance: float = Field(0.35, ge=0.0, le=1.0)
+    weights: dict[str, float] | None = None
     action: Literal["annotate", "filter", "warn"] = "annotate"
     filter_threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and set(v) - set(DEFAULT_WEIGHTS):
+            raise ValueError(
+                f"unknown feature weight(s) {sorted(set(v) - set(DEFAULT_WEIGHTS))}; known: {sorted(DEFAULT_WEIGHTS)}"
+            )
+        return v
 
     def warm_up(self) -> None:
         self._detector = ConflictDetector(
@@ -695,6 +775,7 @@ class ConflictCheck(BaseStage):
             mismatch_weight=self.mismatch_weight,
             threshold=self.threshold,
             min_relevance=self.min_relevance,
+            weights=self.weights,
         )
 
     def _beliefs(self, state: ContextState) -> list[Any]:
