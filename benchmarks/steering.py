@@ -1,11 +1,13 @@
 """Inappropriate-item detection on the RW-Steering pools, leave-one-category-out, tags OFF.
 
 For each category: train the detector on mixtures of the three other categories, test on the
-held-out one. Reports item-level precision / recall / F1 per held-out category and per
-contamination ratio, for our set-aware detector (``SetDetector``) and, in the same run, the
-baseline (MiniLM embedding of each item alone + logistic regression).
+held-out one (decision threshold chosen on the training categories only). Reports item-level
+precision / recall / F1 per held-out category and per contamination ratio, for our set-aware
+detector (``SetDetector``), an ablation of its feature groups, and, in the same run, the baseline
+(MiniLM embedding of each item alone + logistic regression). Features are computed once per
+mixture; MiniLM embeddings of the distinct texts can be cached with ``--emb-cache``.
 
-    python benchmarks/steering.py --out results.json
+    python benchmarks/steering.py --out results.json --emb-cache /tmp/steering_emb.npz
     python benchmarks/steering.py --export-head ctxkit/faithfulness/data/steering_head.json
 
 Reads ``../shared/data/rw_steering_poisoned_context`` (``--data``); exits cleanly when absent.
@@ -24,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ctxkit.faithfulness.detector import SetDetector
+from ctxkit.faithfulness.detector import FEATURE_NAMES, SetDetector
 from ctxkit.faithfulness.testbed import CATEGORIES, DEFAULT_RATIOS, build_testbed, load_pools
 
 
@@ -40,6 +42,16 @@ def prf(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
             "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0, "n_items": len(y)}
 
 
+VARIANTS: dict[str, tuple[list[str], bool]] = {
+    # name: (set features used, item embedding on)
+    "ours": (list(FEATURE_NAMES), False),
+    "no_paraphrase_structure": (["lex_overlap_nn", "novel_words", "rel_length"], False),
+    "no_lexical": (["nn_gap", "max_sim_others_z", "max_minus_mean", "in_top_pair", "mutual_nn", "rel_length"], False),
+    "no_length": ([n for n in FEATURE_NAMES if n != "rel_length"], False),
+    "plus_item_embedding": (list(FEATURE_NAMES), True),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "../shared/data/rw_steering_poisoned_context"))
@@ -47,9 +59,8 @@ def main() -> int:
     ap.add_argument("--n-queries", type=int, default=150, help="queries sampled per category")
     ap.add_argument("--n-items", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
-    ap.add_argument("--item-embedding", action="store_true",
-                    help="primary variant also feeds each item's embedding (the set-only variant is reported too)")
+    ap.add_argument("--model", default="logreg", choices=["mlp", "logreg"])
+    ap.add_argument("--no-ablation", action="store_true", help="only the primary detector and the baseline")
     ap.add_argument("--emb-cache", default=None, help="npz file caching MiniLM embeddings between runs")
     ap.add_argument("--head-threshold", type=float, default=None,
                     help="decision threshold written into the exported head (default: F1-optimal on training data)")
@@ -65,7 +76,7 @@ def main() -> int:
     cats = [c for c in CATEGORIES if c in pools]
     items = {c: build_testbed(pools, categories=[c], n_queries=args.n_queries, n_items=args.n_items,
                               seed=args.seed, source_tags=False) for c in cats}
-    det = SetDetector("default", item_embedding=args.item_embedding)
+    det = SetDetector("default", item_embedding=True)
     texts = sorted({t for c in cats for it in items[c] for t in [it.question] + [x.text for x in it.items]})
     cache: dict[str, np.ndarray] = {}
     if args.emb_cache and Path(args.emb_cache).is_file():
@@ -78,68 +89,94 @@ def main() -> int:
         if args.emb_cache:
             np.savez(args.emb_cache, texts=np.array(list(cache)), vecs=np.stack(list(cache.values())))
 
-    def lists(its):
-        return [it.question for it in its], [[x.text for x in it.items] for it in its], [it.labels for it in its]
+    # features of every item, computed once: set features + the item's own embedding
+    n_set = len(FEATURE_NAMES)
+    feats: dict[str, np.ndarray] = {}
+    ys: dict[str, np.ndarray] = {}
+    for c in cats:
+        print(f"features: {c} ({len(items[c])} mixtures)", flush=True)
+        f = det.features([it.question for it in items[c]], [[x.text for x in it.items] for it in items[c]], cache)
+        feats[c] = np.vstack(f)
+        ys[c] = np.concatenate([np.asarray(it.labels) for it in items[c]])
+
+    def train(cs: list[str], use: list[str], item_emb: bool) -> SetDetector:
+        x = np.vstack([feats[c] if item_emb else feats[c][:, :n_set] for c in cs])
+        y = np.concatenate([ys[c] for c in cs])
+        d = SetDetector(det.embedder, item_embedding=item_emb)
+        return d.fit_matrix(x, y, model=args.model, seed=args.seed, use=use)
+
+    def predict(d: SetDetector, c: str) -> np.ndarray:
+        x = feats[c] if d.item_embedding else feats[c][:, :n_set]
+        return (d._forward(x) >= d.threshold).astype(int)
 
     if args.export_head:
-        q, il, lab = lists([it for c in cats for it in items[c]])
-        det.fit(q, il, lab, model=args.model, seed=args.seed, cache=cache)
+        d = train(cats, list(FEATURE_NAMES), False)
         if args.head_threshold is not None:
-            det.head["threshold"] = args.head_threshold
-        det.save(args.export_head)
-        print(f"saved head ({Path(args.export_head).stat().st_size} bytes) trained on {cats} -> {args.export_head}")
+            d.head["threshold"] = args.head_threshold
+        d.save(args.export_head)
+        w = dict(zip(FEATURE_NAMES, np.round(np.asarray(d.head["layers"][0]["w"])[:, 0], 3).tolist(), strict=True))
+        print(f"saved head ({Path(args.export_head).stat().st_size} bytes, threshold {d.head['threshold']}) "
+              f"trained on {cats} -> {args.export_head}\nstandardised weights: {w}")
         return 0
 
     from sklearn.linear_model import LogisticRegression
 
-    results: dict = {"heldout": {}, "baseline": {}}
+    variants = {"ours": VARIANTS["ours"]} if args.no_ablation else VARIANTS
+    results: dict = {"heldout": {}, "baseline": {}, "flag_all": {}, "ablation": {v: {} for v in variants if v != "ours"}}
     by_ratio_pred: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     by_ratio_base: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     for held in cats:
-        train = [it for c in cats if c != held for it in items[c]]
-        test = items[held]
-        q, il, lab = lists(train)
-        d = SetDetector(det.embedder, item_embedding=args.item_embedding).fit(q, il, lab, model=args.model,
-                                                                            seed=args.seed, cache=cache)
-        tq, til, tlab = lists(test)
-        probs = d.score(tq, til, cache=cache)
-        y = np.concatenate([np.asarray(v) for v in tlab])
-        pred = np.concatenate([(p >= d.threshold).astype(int) for p in probs])
+        train_cats = [c for c in cats if c != held]
+        y = ys[held]
+        for name, (use, item_emb) in variants.items():
+            d = train(train_cats, use, item_emb)
+            pred = predict(d, held)
+            row = {**prf(y, pred), "threshold": d.threshold}
+            if name == "ours":
+                results["heldout"][held] = row
+                ours_pred = pred
+            else:
+                results["ablation"][name][held] = row
         # baseline: per-item logistic regression on the item's MiniLM embedding
-        xb = np.stack([cache[t.strip()] for lst in il for t in lst])
-        yb = np.concatenate([np.asarray(v) for v in lab])
+        xb = np.vstack([feats[c][:, n_set:] for c in train_cats])
+        yb = np.concatenate([ys[c] for c in train_cats])
         base = LogisticRegression(max_iter=2000, C=1.0).fit(xb, yb)
-        xt = np.stack([cache[t.strip()] for lst in til for t in lst])
-        bpred = base.predict(xt)
-        results["heldout"][held] = {**prf(y, pred), "threshold": d.threshold}
-        alt = SetDetector(det.embedder, item_embedding=not args.item_embedding).fit(
-            q, il, lab, model=args.model, seed=args.seed, cache=cache)
-        apred = np.concatenate([(p >= alt.threshold).astype(int) for p in alt.score(tq, til, cache=cache)])
-        results.setdefault("ablation", {})[held] = prf(y, apred)
+        bpred = base.predict(feats[held][:, n_set:])
         results["baseline"][held] = prf(y, bpred)
+        results["flag_all"][held] = prf(y, np.ones_like(y))
         pos = 0
-        for it, p in zip(test, probs, strict=True):
+        for it in items[held]:
             n = len(it.items)
-            by_ratio_pred[it.ratio].append((np.asarray(it.labels), (p >= d.threshold).astype(int)))
-            by_ratio_base[it.ratio].append((np.asarray(it.labels), bpred[pos:pos + n]))
+            lab = np.asarray(it.labels)
+            by_ratio_pred[it.ratio].append((lab, ours_pred[pos:pos + n]))
+            by_ratio_base[it.ratio].append((lab, bpred[pos:pos + n]))
             pos += n
-        print(f"held out {held}: ours {results['heldout'][held]}  ablation {results['ablation'][held]}  "
-              f"baseline {results['baseline'][held]}", flush=True)
+        print(f"held out {held}: ours {results['heldout'][held]}  baseline {results['baseline'][held]}", flush=True)
+        for name in results["ablation"]:
+            print(f"    {name}: f1 {results['ablation'][name][held]['f1']}", flush=True)
 
     def pooled(rows):
         return prf(np.concatenate([a for a, _ in rows]), np.concatenate([b for _, b in rows]))
 
-    results["macro_f1"] = round(float(np.mean([results["heldout"][c]["f1"] for c in cats])), 4)
-    results["ablation_macro_f1"] = round(float(np.mean([results["ablation"][c]["f1"] for c in cats])), 4)
-    results["ablation_is"] = "set features only" if args.item_embedding else "set features + item embedding"
-    results["baseline_macro_f1"] = round(float(np.mean([results["baseline"][c]["f1"] for c in cats])), 4)
+    def macro(table: dict, keep=cats) -> float:
+        return round(float(np.mean([table[c]["f1"] for c in keep])), 4)
+
+    no_priv = [c for c in cats if c != "privacy"]
+    results["macro_f1"] = macro(results["heldout"])
+    results["baseline_macro_f1"] = macro(results["baseline"])
+    results["flag_all_macro_f1"] = macro(results["flag_all"])
+    if no_priv != cats:
+        results["macro_f1_without_privacy"] = macro(results["heldout"], no_priv)
+        results["baseline_macro_f1_without_privacy"] = macro(results["baseline"], no_priv)
+    results["ablation_macro_f1"] = {name: macro(t) for name, t in results["ablation"].items()}
     results["by_ratio"] = {f"{r:.2f}": {"ours": pooled(by_ratio_pred[r]), "baseline": pooled(by_ratio_base[r])}
                            for r in DEFAULT_RATIOS if by_ratio_pred[r]}
     results["config"] = {"n_queries_per_category": args.n_queries, "n_items": args.n_items, "seed": args.seed,
-                         "model": args.model, "item_embedding": args.item_embedding, "source_tags": False,
+                         "model": args.model, "features": list(FEATURE_NAMES), "source_tags": False,
                          "ratios": list(DEFAULT_RATIOS), "seconds": round(time.time() - t0, 1)}
     Path(args.out).write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(f"macro F1 ours {results['macro_f1']}  baseline {results['baseline_macro_f1']}  -> {args.out}")
+    print(f"macro F1 ours {results['macro_f1']}  baseline {results['baseline_macro_f1']}  "
+          f"ablations {results['ablation_macro_f1']}  -> {args.out}")
     return 0
 
 

@@ -67,13 +67,20 @@ def test_set_features_shape_and_cluster_signal(minilm) -> None:
     row = rows()[0]
     texts = row.appropriate + row.inappropriate
     emb = minilm.encode([row.question] + texts)
-    f = set_features(emb[0], emb[1:])
+    f = set_features(emb[0], emb[1:], texts, row.question)
     assert f.shape == (5, len(FEATURE_NAMES))
-    k = FEATURE_NAMES.index("max_sim_others")
-    # the two paraphrases of the false claim are each other's nearest neighbour
-    assert f[3, k] == f[4, k] and f[3, k] > f[:3, k].max()
-    one = set_features(emb[0], emb[1:2])
-    assert one.shape == (1, len(FEATURE_NAMES))
+    col = {n: f[:, FEATURE_NAMES.index(n)] for n in FEATURE_NAMES}
+    # the two paraphrases of the false claim are each other's nearest neighbour, form the list's
+    # tightest pair, share more words with each other and bring fewer new words than the evidence
+    assert col["in_top_pair"].tolist() == [0, 0, 0, 1, 1]
+    assert col["mutual_nn"][3] == col["mutual_nn"][4] == 1
+    assert col["max_sim_others_z"][3:].min() > col["max_sim_others_z"][:3].max()
+    assert col["lex_overlap_nn"][3:].min() > col["lex_overlap_nn"][:3].max()
+    assert col["novel_words"][3:].max() < col["novel_words"][:3].min()
+    one = set_features(emb[0], emb[1:2], texts[:1])
+    assert one.shape == (1, len(FEATURE_NAMES)) and one[0, FEATURE_NAMES.index("novel_words")] > 0
+    with pytest.raises(InputError):
+        set_features(emb[0], emb[1:], texts[:2])
 
 
 def test_duplicates_share_features_and_counts_do_not_matter(trained: SetDetector) -> None:

@@ -4,13 +4,15 @@ Two detectors share one interface, ``score(queries, item_lists) -> list[np.ndarr
 probability of "inappropriate" per item):
 
 * :class:`SetDetector` — a small trained head on MiniLM embeddings that sees the *set*: each
-  item is described by its similarity to the query and to the other items and by a two-cluster
-  split of the list (inappropriate items paraphrase each other and form their own tight cluster
-  that disagrees with the evidence; a per-item classifier cannot see that). Exact duplicates are
-  merged before the set features are computed, so how often an item is repeated is not a signal.
-  The head (a standardiser and an MLP or logistic regression) is trained with scikit-learn and
-  saved as a small JSON file; :func:`default_detector` loads the one shipped with ctxkit (trained
-  on the public RW-Steering pools by ``benchmarks/steering.py --export-head``).
+  distinct item is described by its paraphrase structure among the other items of its list
+  (inappropriate items paraphrase one claim, so each has one partner far closer than the rest
+  and repeats its words; evidence items state different facts) and its length relative to the
+  list, all normalised within the list so they transfer across categories (see
+  :func:`set_features`). Exact duplicates are merged first, so how often an item is repeated is
+  not a signal. The head (a standardiser and a logistic regression or MLP) is trained with
+  scikit-learn and saved as a small JSON file; :func:`default_detector` loads the one shipped
+  with ctxkit (trained on the public RW-Steering pools by ``benchmarks/steering.py
+  --export-head``).
 * :class:`LLMDetector` — asks a generator to name the inappropriate items
   (``"inappropriate: 2, 5; use: 1, 3, 4"``), one batched generator call for all lists; with a
   model fine-tuned by :mod:`ctxkit.faithfulness.steer_train` this is its stage-1 identification.
@@ -46,11 +48,17 @@ __all__ = [
 DEFAULT_HEAD = "steering_head.json"
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "sim_query", "sim_query_z", "sim_query_minus_max", "mean_sim_others", "max_sim_others",
-    "sim_centroid", "cluster_frac", "intra_own", "intra_other", "intra_gap", "cross",
-    "query_gap", "centroid_margin", "own_minus_cross", "max_minus_mean", "cluster_query_rank",
-    "close_frac", "max_sim_others_z", "mean_sim_others_z",
+    "nn_gap", "max_sim_others_z", "max_minus_mean", "in_top_pair", "mutual_nn",
+    "lex_overlap_nn", "novel_words", "rel_length",
 )
+"""Set features of an item among the distinct items of its list (see :func:`set_features`)."""
+
+_STOP = frozenset(
+    "a an the of to in on for and or is are was were be been by with as at from that this it its his her "
+    "their he she they them which who what when where why how does do did not no can could will would should "
+    "may might has have had there than then into about over also such but if so".split()
+)
+_TOKEN = re.compile(r"[a-z0-9]+")
 
 
 @runtime_checkable
@@ -60,87 +68,71 @@ class ItemDetector(Protocol):
     def score(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
 
 
-def _two_means(u: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Deterministic 2-means on unit vectors, seeded with the least similar pair."""
-    m = len(u)
-    i, j = np.unravel_index(np.argmin(s + np.eye(m) * 9), s.shape)
-    cents = np.stack([u[i], u[j]])
-    lab = np.zeros(m, dtype=int)
-    for _ in range(8):
-        new = np.argmax(u @ cents.T, axis=1)
-        if new.min() == new.max():  # keep two clusters: the seed j stays in cluster 1
-            new[j] = 1
-            new[i] = 0
-        if np.array_equal(new, lab):
-            break
-        lab = new
-        cents = np.stack([u[lab == k].mean(0) for k in (0, 1)])
-        cents /= np.linalg.norm(cents, axis=1, keepdims=True) + 1e-9
-    return lab
+def _content(text: str) -> set[str]:
+    return {w for w in _TOKEN.findall(text.lower()) if len(w) > 1 and w not in _STOP}
 
 
-def _mean_block(s: np.ndarray, a: np.ndarray, b: np.ndarray, same: bool) -> float:
-    block = s[np.ix_(a, b)]
-    if same:
-        n = len(a)
-        if n < 2:
-            return 1.0
-        return float((block.sum() - np.trace(block)) / (n * (n - 1)))
-    return float(block.mean()) if block.size else 0.0
+def set_features(
+    query_emb: np.ndarray | None, item_embs: np.ndarray, texts: Sequence[str], query: str = ""
+) -> np.ndarray:
+    """Set-level features of each distinct item given the other items of its list.
 
+    Inappropriate items of a list are typically paraphrases of one claim while the evidence items
+    state different facts, so the features describe each item's *paraphrase structure*, all
+    relative to its own list so that they transfer across topics and categories:
 
-def set_features(query_emb: np.ndarray, item_embs: np.ndarray) -> np.ndarray:
-    """Set-level features of each (unique) item given the query and the other items.
+    * ``nn_gap``: similarity to the nearest other item minus similarity to the second nearest
+      (a paraphrase has one partner far closer than the rest);
+    * ``max_sim_others_z``: nearest-neighbour similarity, z-scored within the list;
+    * ``max_minus_mean``: nearest-neighbour similarity minus mean similarity to the others;
+    * ``in_top_pair``: 1 for the two items of the list's most similar pair;
+    * ``mutual_nn``: 1 when the item and its nearest neighbour are each other's nearest;
+    * ``lex_overlap_nn``: largest content-word Jaccard overlap with another item;
+    * ``novel_words``: share of the item's content words found in no other item (evidence brings
+      new facts; a paraphrase repeats words of its partner);
+    * ``rel_length``: log word count minus the list's median (claims are short assertions).
+
+    Similarity to the query is deliberately left out: its sign flips between categories (a false
+    claim restates the question; a hateful remark is far from a neutral question).
 
     Args:
-        query_emb: ``(d,)`` unit vector.
+        query_emb: ``(d,)`` unit vector of the query (unused by the current features; kept so a
+            head may add query features without an API change).
         item_embs: ``(m, d)`` unit vectors of the *distinct* items of one list.
+        texts: The ``m`` distinct item texts.
+        query: The query text (its words do not count as novel).
 
     Returns:
         ``(m, len(FEATURE_NAMES))`` float32 array.
     """
+    del query_emb
     u = np.asarray(item_embs, dtype=np.float64)
     m = len(u)
-    sq = u @ query_emb
+    if len(texts) != m:
+        raise InputError(f"{len(texts)} texts for {m} item embeddings")
     f = np.zeros((m, len(FEATURE_NAMES)))
-    f[:, 0] = sq
+    words = [_content(t) for t in texts]
+    qwords = _content(query)
+    lengths = np.array([max(len(t.split()), 1) for t in texts], dtype=np.float64)
+    f[:, 7] = np.log(lengths) - np.log(np.median(lengths))
     if m == 1:
-        f[:, 5] = 1.0
-        f[:, 6] = 1.0
-        f[:, 7] = 1.0
-        f[:, 13] = 1.0
+        f[:, 6] = len(words[0] - qwords) / (len(words[0]) or 1)
         return f.astype(np.float32)
-    s = u @ u.T
-    f[:, 1] = (sq - sq.mean()) / (sq.std() + 1e-6)
-    f[:, 2] = sq - sq.max()
-    f[:, 3] = (s.sum(1) - 1.0) / (m - 1)
-    f[:, 4] = (s - 3 * np.eye(m)).max(1)
-    c = u.mean(0)
-    f[:, 5] = u @ c / (np.linalg.norm(c) + 1e-9)
-    lab = _two_means(u, s)
-    idx = [np.flatnonzero(lab == k) for k in (0, 1)]
-    intra = [_mean_block(s, idx[k], idx[k], True) for k in (0, 1)]
-    cross = _mean_block(s, idx[0], idx[1], False)
-    qmean = [float(sq[idx[k]].mean()) for k in (0, 1)]
-    cents = np.stack([u[idx[k]].mean(0) for k in (0, 1)])
-    cents /= np.linalg.norm(cents, axis=1, keepdims=True) + 1e-9
-    csim = u @ cents.T
-    for k in (0, 1):
-        o = 1 - k
-        rows = idx[k]
-        f[rows, 6] = len(rows) / m
-        f[rows, 7] = intra[k]
-        f[rows, 8] = intra[o]
-        f[rows, 9] = intra[k] - intra[o]
-        f[rows, 10] = cross
-        f[rows, 11] = qmean[k] - qmean[o]
-        f[rows, 12] = csim[rows, k] - csim[rows, o]
-        f[rows, 13] = intra[k] - cross
-        f[rows, 15] = float(qmean[k] >= qmean[o])
-    f[:, 14] = f[:, 4] - f[:, 3]
-    f[:, 16] = ((s - 3 * np.eye(m)) >= 0.7).sum(1) / (m - 1)
-    f[:, 17] = (f[:, 4] - f[:, 4].mean()) / (f[:, 4].std() + 1e-6)
-    f[:, 18] = (f[:, 3] - f[:, 3].mean()) / (f[:, 3].std() + 1e-6)
+    s = u @ u.T - 3.0 * np.eye(m)
+    srt = -np.sort(-s, axis=1)
+    nn1 = srt[:, 0]
+    nn2 = srt[:, 1] if m > 2 else srt[:, 0]
+    nn = s.argmax(1)
+    f[:, 0] = nn1 - nn2
+    f[:, 1] = (nn1 - nn1.mean()) / (nn1.std() + 1e-6)
+    f[:, 2] = nn1 - (s.sum(1) + 3.0 - 1.0) / (m - 1)
+    i, j = np.unravel_index(int(s.argmax()), s.shape)
+    f[[i, j], 3] = 1.0
+    f[:, 4] = (nn[nn] == np.arange(m)).astype(float)
+    for a in range(m):
+        others = [words[b] for b in range(m) if b != a]
+        f[a, 5] = max((len(words[a] & w) / (len(words[a] | w) or 1)) for w in others)
+        f[a, 6] = len(words[a] - qwords - set().union(*others)) / (len(words[a]) or 1)
     return f.astype(np.float32)
 
 
@@ -176,7 +168,7 @@ class SetDetector:
         self.head: dict[str, Any] | None = None
         self._threshold = threshold
         if head is not None:
-            self.head = _read_head(head) if not isinstance(head, dict) else head
+            self.head = _read_head(head) if not isinstance(head, dict) else _check_head(head)
             self.item_embedding = bool(self.head.get("item_embedding", item_embedding))
 
     # -- embeddings and features -----------------------------------------------------------------
@@ -222,7 +214,7 @@ class SetDetector:
                 continue
             uniq, inv = _unique(items)
             u = np.stack([cache[t] for t in uniq])
-            f = set_features(cache[q.strip()], u)
+            f = set_features(cache[q.strip()], u, uniq, q)
             if self.item_embedding:
                 f = np.hstack([f, u.astype(np.float32)])
             out.append(f[inv])
@@ -243,7 +235,7 @@ class SetDetector:
         item_lists: Sequence[Sequence[str]],
         labels: Sequence[Sequence[int]],
         *,
-        model: str = "mlp",
+        model: str = "logreg",
         seed: int = 0,
         cache: dict[str, np.ndarray] | None = None,
     ) -> SetDetector:
@@ -253,15 +245,46 @@ class SetDetector:
             queries: One query per list.
             item_lists: The context lists.
             labels: 0/1 per item.
-            model: ``"mlp"`` (one hidden layer of 32) or ``"logreg"``.
+            model: ``"logreg"`` (default) or ``"mlp"`` (one hidden layer of 32).
             seed: Training seed.
             cache: Precomputed ``{text: embedding}`` (speeds up repeated training).
         """
         feats = self.features(queries, item_lists, cache)
         x = np.vstack(feats)
         y = np.concatenate([np.asarray(lab, dtype=int) for lab in labels])
+        return self.fit_matrix(x, y, model=model, seed=seed)
+
+    def fit_matrix(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        model: str = "logreg",
+        seed: int = 0,
+        use: Sequence[str] | None = None,
+    ) -> SetDetector:
+        """Train the head on a precomputed feature matrix (rows from :meth:`features`).
+
+        Args:
+            x: ``(n, n_features)`` features, one row per item.
+            y: ``(n,)`` 0/1 labels.
+            model: ``"logreg"`` or ``"mlp"``.
+            seed: Training seed.
+            use: Names of the set features the head reads (default all of
+                :data:`FEATURE_NAMES`; for ablations). Item-embedding columns are always used when
+                :attr:`item_embedding` is on.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=int)
         if len(y) != len(x):
             raise InputError("labels must give one 0/1 value per item")
+        names = list(FEATURE_NAMES) if use is None else list(use)
+        unknown = [n for n in names if n not in FEATURE_NAMES]
+        if unknown or not names:
+            raise InputError(f"unknown feature names {unknown}; choose from {list(FEATURE_NAMES)}")
+        dim = int(x.shape[1] - len(FEATURE_NAMES))
+        cols = [FEATURE_NAMES.index(n) for n in names] + list(range(len(FEATURE_NAMES), x.shape[1]))
+        x = x[:, cols]
         if len(set(y.tolist())) < 2:
             raise InputError("training needs both appropriate (0) and inappropriate (1) items")
         mean, std = x.mean(0), x.std(0) + 1e-6
@@ -285,16 +308,16 @@ class SetDetector:
             raise InputError(f"unknown head model {model!r}; use 'mlp' or 'logreg'")
         self.head = {
             "format": "ctxkit.set_detector/1",
-            "features": list(FEATURE_NAMES),
+            "features": names,
             "item_embedding": self.item_embedding,
-            "dim": int(x.shape[1] - len(FEATURE_NAMES)),
+            "dim": dim,
             "model": model,
             "mean": mean.tolist(),
             "std": std.tolist(),
             "layers": layers,
             "threshold": 0.5,
         }
-        p = self._forward(x)
+        p = self._forward_selected(x)
         best = max(np.arange(0.2, 0.81, 0.05), key=lambda t: _f1(y, p >= t))
         self.head["threshold"] = round(float(best), 2)
         return self
@@ -302,6 +325,11 @@ class SetDetector:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.head is None:
             raise ModelNotAvailableError("this SetDetector has no head: call fit() or load one")
+        cols = [FEATURE_NAMES.index(n) for n in self.head["features"]]
+        return self._forward_selected(x[:, cols + list(range(len(FEATURE_NAMES), x.shape[1]))])
+
+    def _forward_selected(self, x: np.ndarray) -> np.ndarray:
+        assert self.head is not None
         h = (x - np.asarray(self.head["mean"])) / np.asarray(self.head["std"])
         layers = self.head["layers"]
         for i, layer in enumerate(layers):
@@ -358,6 +386,16 @@ def _read_head(path: str | Path | dict[str, Any]) -> dict[str, Any]:
         raise ModelNotAvailableError(f"cannot read detector head {str(p)!r}: {exc}") from exc
     if head.get("format") != "ctxkit.set_detector/1":
         raise ModelNotAvailableError(f"{str(p)!r} is not a ctxkit set-detector head")
+    return _check_head(head, str(p))
+
+
+def _check_head(head: dict[str, Any], where: str = "head") -> dict[str, Any]:
+    unknown = [n for n in head.get("features", []) if n not in FEATURE_NAMES]
+    if unknown or not head.get("features"):
+        raise ModelNotAvailableError(
+            f"detector {where} was trained on features {unknown or '[]'} that this ctxkit version does not "
+            "compute; retrain it with `python benchmarks/steering.py --export-head <path>`"
+        )
     return head
 
 
