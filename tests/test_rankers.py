@@ -141,6 +141,29 @@ def test_bi_encoder_semantic_order_one_encode_call(minilm, monkeypatch) -> None:
     assert states[0].passages[0].scores["bi_encoder"] == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
 
 
+def test_bi_encoder_keep_previous_fuses_the_matching_score(minilm) -> None:
+    docs = ["Alexander Fleming discovered penicillin in 1928.",  # on topic, weak lexical score
+            "Penicillin is an antibiotic.",                        # strong lexical score
+            "Foxes are small omnivorous mammals."]
+    lexical = [0.1, 1.0, 0.0]
+
+    def states() -> list[ContextState]:
+        return [ContextState(query="who discovered penicillin",
+                             passages=[Passage(id=f"d{i}", text=t, scores={"bm25": v})
+                                       for i, (t, v) in enumerate(zip(docs, lexical, strict=True))])]
+
+    alone = BiEncoderPreRanker(k=None, device="cpu")(states())[0]
+    fused = BiEncoderPreRanker(k=None, device="cpu", keep_previous=0.9)(states())[0]
+    assert alone.passages[0].id == "d0"  # cosine alone
+    assert fused.passages[0].id == "d1"  # mostly the previous (lexical) order
+    cos = {p.id: p.scores["bi_encoder"] for p in alone.passages}
+    for p in fused.passages:
+        assert p.scores["bi_encoder.raw"] == pytest.approx(cos[p.id], abs=1e-6)
+        assert 0.0 <= p.scores["bi_encoder"] <= 1.0
+    with pytest.raises(ConfigError, match="keep_previous"):
+        BiEncoderPreRanker(keep_previous=1.5)
+
+
 # -- feedback ranker -----------------------------------------------------------------------------
 def _trait_store(path: Path, n_queries: int = 40, seed: int = 0) -> FeedbackStore:
     """Lists whose reward comes from a metadata trait the 'match' score does not see."""

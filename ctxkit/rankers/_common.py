@@ -32,6 +32,11 @@ def flatten(states: Sequence[ContextState]) -> tuple[list[Passage], np.ndarray, 
     return passages, owner, offsets
 
 
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = float(x.max() - x.min())
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
 def apply_scores(
     stage: BaseStage,
     states: Sequence[ContextState],
@@ -40,15 +45,25 @@ def apply_scores(
     k: int | None,
     *,
     reorder: bool = True,
+    keep_previous: float = 0.0,
 ) -> None:
     """Write ``scores`` (flat, batch order) under ``stage.name``, sort each state, keep top ``k``.
 
-    Sorting is stable, so ties keep the incoming (earlier stage's) order.
+    Sorting is stable, so ties keep the incoming (earlier stage's) order. With ``keep_previous``
+    ``w > 0`` the stage's score becomes ``(1 - w) * minmax(own) + w * minmax(previous)`` per query
+    (``previous``: each passage's most recent score before this stage; missing counts as the
+    minimum) and the raw score is kept under ``"<name>.raw"``.
     """
     scores = np.asarray(scores, dtype=np.float64)
     for i, state in enumerate(states):
         lo, hi = int(offsets[i]), int(offsets[i + 1])
         own = scores[lo:hi]
+        if keep_previous > 0 and hi > lo:
+            prev = np.array([np.nan if p.score is None else p.score for p in state.passages], dtype=np.float64)
+            prev = np.where(np.isnan(prev), np.nanmin(prev) if not np.isnan(prev).all() else 0.0, prev)
+            for p, v in zip(state.passages, own, strict=True):
+                p.scores[f"{stage.name}.raw"] = float(v)
+            own = (1.0 - keep_previous) * _minmax(own) + keep_previous * _minmax(prev)
         for p, v in zip(state.passages, own, strict=True):
             stage.set_score(p, float(v))
         if reorder and hi > lo:

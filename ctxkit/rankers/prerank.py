@@ -65,6 +65,11 @@ class BiEncoderPreRanker(BaseStage):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         dtype: ``"auto"`` (half precision on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
         with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
+        keep_previous: Weight of the previous stage's score in this stage's order: the convex
+            combination of the per-query min-max normalised scores (0: rank by cosine alone;
+            e.g. 0.5 keeps the lexical half of a hybrid matching score, which a cosine re-score
+            with the same embedder would otherwise throw away). The raw cosine is kept under
+            ``"bi_encoder.raw"``.
     """
 
     stage_type: ClassVar[str] = "bi_encoder"
@@ -74,6 +79,7 @@ class BiEncoderPreRanker(BaseStage):
     device: str = "auto"
     dtype: str = "auto"
     with_title: bool = True
+    keep_previous: float = Field(0.0, ge=0.0, le=1.0)
 
     def warm_up(self) -> None:
         self._embedder = get_embedder(self.model, device=self.device, dtype=self.dtype)
@@ -91,7 +97,7 @@ class BiEncoderPreRanker(BaseStage):
         emb = self._embedder.encode(queries + list(uniq))
         q_emb, p_emb = emb[: len(queries)], emb[len(queries) :]
         scores = np.einsum("nd,nd->n", p_emb[text_idx], q_emb[owner])
-        apply_scores(self, states, scores, offsets, self.k)
+        apply_scores(self, states, scores, offsets, self.k, keep_previous=self.keep_previous)
         return states
 
 
