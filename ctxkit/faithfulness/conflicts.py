@@ -17,7 +17,15 @@ How a (belief, sentence) pair is scored:
   a country for a country, a state for a state). A flipped negation on an otherwise matching
   sentence is a ``negation`` conflict.
 
-The ranking score is ``relevance + mismatch_weight * mismatch``; a pair is flagged as a conflict
+* **answer-aware ranking features** (``DEFAULT_WEIGHTS``): cosine of the sentence with the
+  believed *answer* alone (a sentence holding a substitute of the same category looks like the
+  answer, even when it is about a bridge entity the question never names) and the share of the
+  answer's own words in a sentence lacking the full answer ("County" of "Hancock County").
+  Also computed, off by default: an idf-weighted question-word overlap, the neighbours' overlap
+  and "states the believed value".
+
+The ranking score is ``relevance + mismatch_weight * mismatch + sum(weights[f] * f)`` (weights
+fitted on the dev split of ``benchmarks/conflicts.py``); a pair is flagged as a conflict
 when ``mismatch >= threshold`` and ``relevance >= min_relevance``. All texts of a batch (topics,
 sentences, candidate spans) are embedded in one encoder call; similarities are matrix products.
 """
@@ -350,8 +358,11 @@ class ConflictDetector:
         threshold: Minimum mismatch for a flagged conflict.
         min_relevance: Minimum relevance for a flagged conflict (the chunk must be on topic).
         batch_size: Encoder batch size.
-        span_candidates: Per belief, the chunks most on topic whose entity/term spans are
-            embedded to measure a mismatch (the others keep number/date/negation checks only).
+        span_candidates: Per belief, the chunks ranked highest before the mismatch whose
+            entity/term spans are embedded to measure a mismatch (the others keep
+            number/date/negation checks only).
+        weights: Weights of the extra ranking features (keys of ``DEFAULT_WEIGHTS``); given
+            keys override the defaults.
 
     Example:
         >>> det = ConflictDetector()
