@@ -79,7 +79,10 @@ def main() -> None:
           f"alpha_inappropriate={res.params.alpha_inappropriate:.3f} (true 0.3), R2={res.r2:.3f}")
 
     # 3. steering stage -------------------------------------------------------------------------
-    pipe = Pipeline([SteeringFilter(action="remove")])
+    # The shipped head's default threshold (0.6) is set to spare on-topic retrieved passages that
+    # paraphrase each other; the myths here are short paraphrase pairs that score 0.54-0.59, so
+    # this testbed uses 0.5 (see docs/steering.md).
+    pipe = Pipeline([SteeringFilter(action="remove", threshold=0.5)])
     states = pipe.batch([it.to_state() for it in items if it.ratio > 0])
     tp = fp = fn = 0
     for it, st in zip([it for it in items if it.ratio > 0], states, strict=True):
