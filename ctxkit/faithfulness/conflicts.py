@@ -457,7 +457,7 @@ class ConflictDetector:
             for ps in passages
         ]
         bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
-        groups = [[hash(c.passage_id) for c in cs] for cs in chunks]
+        groups = [[c.passage_id for c in cs] for cs in chunks]
         scored = self._score(bel, [[c.text for c in cs] for cs in chunks], groups)
         out: list[list[Conflict]] = []
         for bs, cs, cands in zip(bel, chunks, scored, strict=True):
@@ -504,7 +504,7 @@ class ConflictDetector:
         self,
         beliefs: list[list[Belief]],
         chunks: list[list[str]],
-        groups: list[list[int]] | None = None,
+        groups: list[list[Any]] | None = None,
     ) -> list[list[Candidate]]:
         """Features and scores of every (belief, chunk) pair; ``groups`` marks which chunks are
         neighbours (same passage); by default all chunks of a query are one text in order."""
@@ -577,7 +577,7 @@ class ConflictDetector:
                     row["pairs"][bi, ci] = {
                         "sim": sim, "lex": lex, "lex_idf": lex_idf, "rel": rel, "absent": absent,
                         "answer_sim": float(ans_sims[ci]), "partial_answer": partial,
-                        "has_value": bool(ks) and not absent, "best": (0.0, "other", None, None),
+                        "has_value": float(bool(ks) and not absent), "best": (0.0, "other", None, None),
                     }
                 # neighbour context: a sentence's subject is often named in the one before it
                 lexes = [row["pairs"][bi, ci]["lex_idf"] for ci in range(n_c)]
@@ -586,11 +586,10 @@ class ConflictDetector:
                     row["pairs"][bi, ci]["context"] = max(nb, default=0.0)
                 # Spans are embedded only for the chunks ranked highest before the mismatch
                 # (the rest cannot rank high).
-                pre = []
-                for ci in range(n_c):
-                    pr = row["pairs"][bi, ci]
-                    pr["has_value"] = float(pr["has_value"])
-                    pre.append(pr["rel"] + sum(w * pr[f] for f, w in self.weights.items()))
+                pre = [
+                    pr["rel"] + sum(w * pr[f] for f, w in self.weights.items())
+                    for pr in (row["pairs"][bi, ci] for ci in range(n_c))
+                ]
                 for ci in sorted(range(n_c), key=lambda i: -pre[i])[: self.span_candidates]:
                     for k in row["pairs"][bi, ci]["absent"]:
                         if k.kind in ("entity", "other"):
