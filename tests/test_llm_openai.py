@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ctxkit.errors import ConfigError, InputError
-from ctxkit.llm import OpenAIGenerator, build_generator
+from ctxkit.llm import OpenAIGenerator, SamplingSettings, build_generator
 from ctxkit.llm.server import OpenAICompatibleServer
 from ctxkit.llm.transformers import TransformersGenerator
 
@@ -51,6 +51,15 @@ def test_round_trip_equals_local_generation_and_reports_usage(server, local):
     assert [g.n_prompt_tokens for g in remote] == [g.n_prompt_tokens for g in direct]
     assert [g.n_tokens for g in remote] == [g.n_tokens for g in direct]
     assert {g.finish_reason for g in remote} <= {"stop", "length"}
+
+
+def test_repetition_penalty_round_trip(server, local):
+    gen = client(server)
+    assert "repetition_penalty" not in gen._body([], SamplingSettings())
+    assert gen._body([], SamplingSettings(repetition_penalty=1.5))["repetition_penalty"] == 1.5
+    remote = gen.generate(CONVS, max_new_tokens=8, repetition_penalty=2.0)
+    assert [g.text for g in remote] == [g.text for g in local.generate(CONVS, max_new_tokens=8, repetition_penalty=2.0)]
+    assert [g.text for g in remote] != [g.text for g in local.generate(CONVS, max_new_tokens=8)]
 
 
 @pytest.mark.parametrize("server", [{"batch_wait_s": 0.5}], indirect=True)

@@ -205,6 +205,15 @@ def test_sampling_with_a_seed_is_reproducible(llama):
     assert [g.text for g in a] != [g.text for g in greedy]
 
 
+def test_repetition_penalty_reaches_generate(llama):
+    plain = [g.text for g in llama.generate(PROMPTS, max_new_tokens=16)]
+    penalised = [g.text for g in llama.generate(PROMPTS, max_new_tokens=16, repetition_penalty=2.0)]
+    assert penalised != plain  # greedy and deterministic: only the penalty can change the text
+    assert [g.text for g in llama.generate(PROMPTS, max_new_tokens=16, repetition_penalty=1.0)] == plain
+    with pytest.raises(InputError, match="repetition_penalty"):
+        llama.generate(PROMPTS[:1], repetition_penalty=0.5)
+
+
 def test_settings_validation_errors(tiny_llm_dir, llama):
     with pytest.raises(ConfigError, match="batch_size"):
         TransformersGenerator(str(tiny_llm_dir), batch_size=0)

@@ -46,6 +46,10 @@ class SamplingSettings(BaseModel):
         top_k: Top-k sampling (only when sampling); ``None`` disables it.
         seed: Seed for sampling; identical seeds give identical samples on the same backend.
         stop: Strings that end the generation (not included in the output).
+        repetition_penalty: Divides the logits of tokens already in the prompt or the output
+            (CTRL-style, as transformers and vLLM apply it); 1.0 is off. Around 1.1-1.3 keeps
+            small models from looping on one word. Sent to OpenAI-compatible servers only when
+            not 1.0 (vLLM, llama.cpp and our server accept it; OpenAI itself does not).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -56,6 +60,7 @@ class SamplingSettings(BaseModel):
     top_k: int | None = Field(None, ge=1)
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
 
     @property
     def greedy(self) -> bool:

@@ -168,6 +168,8 @@ class OpenAIGenerator(BaseGenerator):
                 body["top_k"] = s.top_k
         if s.seed is not None:
             body["seed"] = s.seed
+        if s.repetition_penalty != 1.0:
+            body["repetition_penalty"] = s.repetition_penalty
         if s.stop:
             body["stop"] = list(s.stop)
         body.update(self.extra_body)

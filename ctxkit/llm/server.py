@@ -46,7 +46,7 @@ def _settings_from_body(body: dict[str, Any], defaults: SamplingSettings) -> Sam
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         fields["max_new_tokens"] = max_tokens
-    for key in ("temperature", "top_p", "top_k", "seed"):
+    for key in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
         if body.get(key) is not None:
             fields[key] = body[key]
     stop = body.get("stop")

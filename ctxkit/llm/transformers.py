@@ -485,6 +485,8 @@ class TransformersGenerator(BaseGenerator):
             eos_token_id=eos or None,
             bos_token_id=tok.bos_token_id,
         )
+        if cfg.repetition_penalty != 1.0:
+            gen_cfg.repetition_penalty = cfg.repetition_penalty
         if not cfg.greedy:
             gen_cfg.temperature = cfg.temperature
             gen_cfg.top_p = cfg.top_p
