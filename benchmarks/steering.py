@@ -7,6 +7,14 @@ detector (``SetDetector``), an ablation of its feature groups, and, in the same 
 (MiniLM embedding of each item alone + logistic regression). Features are computed once per
 mixture; MiniLM embeddings of the distinct texts can be cached with ``--emb-cache``.
 
+Diagnostics per held-out category say what limits the held-out F1: the ranking quality (AUC),
+the F1 at the threshold that would be best on the held-out labels (an oracle, not a result), the
+F1 when training and testing on disjoint queries of that category (is it learnable at all with
+these features?), a category profile (mean cosine of bad / good items to their nearest
+neighbour and to the query), and the F1 of a head that also sees the number of distinct items
+in the list -- a testbed artifact (it follows from pool sizes and ratio), measured to show how
+much a detector could gain by exploiting it; never shipped.
+
     python benchmarks/steering.py --out results.json --emb-cache /tmp/steering_emb.npz
     python benchmarks/steering.py --export-head ctxkit/faithfulness/data/steering_head.json
 
@@ -52,6 +60,28 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {
 ITEM_EMBEDDING_VARIANT = ("plus_item_embedding", (list(FEATURE_NAMES), True))
 
 
+def profile(mixtures: list, cache: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean cosine of bad vs good distinct items to their nearest other item and to the query.
+
+    Shows which cue marks the bad items of a category (ratios 0.1-0.85, where a list holds both
+    bad items and at least two good ones).
+    """
+    acc: dict[str, list[float]] = {k: [] for k in ("nn_bad", "nn_good", "query_bad", "query_good")}
+    for it in mixtures:
+        if not 0.1 <= it.ratio <= 0.85:
+            continue
+        label = {x.text.strip(): x.inappropriate for x in it.items}
+        texts = list(label)
+        u = np.stack([cache[t] for t in texts])
+        s = u @ u.T - 3.0 * np.eye(len(texts))
+        qs = u @ cache[it.question.strip()]
+        for i, t in enumerate(texts):
+            tag = "bad" if label[t] else "good"
+            acc[f"nn_{tag}"].append(float(s[i].max()))
+            acc[f"query_{tag}"].append(float(qs[i]))
+    return {k: round(float(np.mean(v)), 3) for k, v in acc.items() if v}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT / "../shared/data/rw_steering_poisoned_context"))
@@ -95,11 +125,16 @@ def main() -> int:
     n_set = len(FEATURE_NAMES)
     feats: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
+    rows_of: dict[str, np.ndarray] = {}
+    n_distinct: dict[str, np.ndarray] = {}
     for c in cats:
         print(f"features: {c} ({len(items[c])} mixtures)", flush=True)
         f = det.features([it.question for it in items[c]], [[x.text for x in it.items] for it in items[c]], cache)
         feats[c] = np.vstack(f)
         ys[c] = np.concatenate([np.asarray(it.labels) for it in items[c]])
+        rows_of[c] = np.concatenate([np.full(len(it.items), it.row_id, dtype=object) for it in items[c]])
+        n_distinct[c] = np.concatenate([np.full(len(it.items), len({x.text.strip() for x in it.items}))
+                                        for it in items[c]])
 
     def train(cs: list[str], use: list[str], item_emb: bool) -> SetDetector:
         x = np.vstack([feats[c] if item_emb else feats[c][:, :n_set] for c in cs])
@@ -126,7 +161,40 @@ def main() -> int:
     variants = {"ours": VARIANTS["ours"]} if args.no_ablation else dict(VARIANTS)
     if args.item_embedding_ablation:
         variants[ITEM_EMBEDDING_VARIANT[0]] = ITEM_EMBEDDING_VARIANT[1]
-    results: dict = {"heldout": {}, "baseline": {}, "flag_all": {}, "ablation": {v: {} for v in variants if v != "ours"}}
+    results: dict = {"heldout": {}, "baseline": {}, "flag_all": {}, "ablation": {v: {} for v in variants if v != "ours"},
+                     "diagnostics": {}}
+
+    def diagnose(d: SetDetector, held: str, train_cats: list[str]) -> dict:
+        """Why held-out F1 is what it is: ranking quality, threshold transfer, learnability."""
+        from sklearn.metrics import roc_auc_score
+
+        y = ys[held]
+        p = d._forward(feats[held][:, :n_set])
+        grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+        oracle_t = max(grid, key=lambda t: prf(y, (p >= t).astype(int))["f1"])
+        # in-domain: train and test on disjoint halves of the held-out category's own queries
+        ids = sorted(set(rows_of[held].tolist()))
+        half = np.isin(rows_of[held], ids[::2])
+        f1s = []
+        for tr_mask in (half, ~half):
+            dd = SetDetector(det.embedder).fit_matrix(feats[held][tr_mask, :n_set], y[tr_mask],
+                                                       model=args.model, seed=args.seed)
+            f1s.append(prf(y[~tr_mask], (dd._forward(feats[held][~tr_mask, :n_set]) >= dd.threshold).astype(int))["f1"])
+        # a testbed artifact: the number of distinct items in a list follows from the pool sizes
+        # and the ratio, so a head that sees it "detects" by counting (never shipped)
+        x_art = np.vstack([np.column_stack([feats[c][:, :n_set], n_distinct[c]]) for c in train_cats])
+        y_art = np.concatenate([ys[c] for c in train_cats])
+        from sklearn.linear_model import LogisticRegression
+
+        mu, sd = x_art.mean(0), x_art.std(0) + 1e-6
+        art = LogisticRegression(max_iter=3000).fit((x_art - mu) / sd, y_art)
+        p_tr = art.predict_proba((x_art - mu) / sd)[:, 1]
+        t_art = max(grid, key=lambda t: prf(y_art, (p_tr >= t).astype(int))["f1"])
+        p_art = art.predict_proba((np.column_stack([feats[held][:, :n_set], n_distinct[held]]) - mu) / sd)[:, 1]
+        return {"auc": round(float(roc_auc_score(y, p)), 4),
+                "oracle_threshold_f1": prf(y, (p >= oracle_t).astype(int))["f1"], "oracle_threshold": float(oracle_t),
+                "in_domain_f1": round(float(np.mean(f1s)), 4),
+                "with_distinct_count_f1": prf(y, (p_art >= t_art).astype(int))["f1"]}
     by_ratio_pred: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     by_ratio_base: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     for held in cats:
@@ -139,6 +207,7 @@ def main() -> int:
             if name == "ours":
                 results["heldout"][held] = row
                 ours_pred = pred
+                results["diagnostics"][held] = diagnose(d, held, train_cats)
             else:
                 results["ablation"][name][held] = row
         # baseline: per-item logistic regression on the item's MiniLM embedding (identical rows are
@@ -169,6 +238,9 @@ def main() -> int:
 
     no_priv = [c for c in cats if c != "privacy"]
     results["macro_f1"] = macro(results["heldout"])
+    results["diagnostics_macro"] = {k: round(float(np.mean([results["diagnostics"][c][k] for c in cats])), 4)
+                                    for k in ("auc", "oracle_threshold_f1", "in_domain_f1", "with_distinct_count_f1")}
+    results["profile"] = {c: profile(items[c], cache) for c in cats}
     results["baseline_macro_f1"] = macro(results["baseline"])
     results["flag_all_macro_f1"] = macro(results["flag_all"])
     if no_priv != cats:
