@@ -164,6 +164,85 @@ def test_bi_encoder_keep_previous_fuses_the_matching_score(minilm) -> None:
         BiEncoderPreRanker(keep_previous=1.5)
 
 
+def test_bi_encoder_prf_depth_zero_is_the_plain_cosine(minilm) -> None:
+    docs = ["Alexander Fleming discovered penicillin in 1928.", "Penicillin is an antibiotic.",
+            "Foxes are small omnivorous mammals."]
+
+    def states() -> list[ContextState]:
+        return [ContextState(query="who discovered penicillin",
+                             passages=[Passage(id=f"d{i}", text=t, scores={"bm25": 1.0 - i / 10}) for i, t in enumerate(docs)])]
+
+    for keep in (0.0, 0.5):
+        plain = BiEncoderPreRanker(k=None, device="cpu", keep_previous=keep)(states())[0]
+        off = BiEncoderPreRanker(k=None, device="cpu", keep_previous=keep, prf_depth=0, prf_weight=1.0)(states())[0]
+        zero_beta = BiEncoderPreRanker(k=None, device="cpu", keep_previous=keep, prf_depth=3, prf_weight=0.0)(states())[0]
+        for other in (off, zero_beta):
+            assert [p.id for p in other.passages] == [p.id for p in plain.passages]
+            assert [p.scores for p in other.passages] == [p.scores for p in plain.passages]
+
+
+def test_bi_encoder_prf_moves_up_a_passage_like_the_feedback(minilm, monkeypatch) -> None:
+    # The query is ambiguous; the previous stage ranked two Apple-the-company passages first.
+    # Rocchio feedback from them pulls the other tech passage above the fruit one.
+    query = "apple"
+    docs = ["Apple Inc. designs the iPhone and the Mac computers.",
+            "Apple's App Store sells software for iOS devices.",
+            "An apple is a round fruit that grows on trees.",
+            "Smartphones and laptops run operating systems such as iOS."]
+    e = minilm.encode([query, *docs])
+    assert float(e[0] @ e[4]) < float(e[0] @ e[3])  # without feedback: the fruit beats the tech passage
+
+    def states() -> list[ContextState]:
+        return [ContextState(query=query, passages=[Passage(id=f"d{i}", text=t, scores={"bm25": 1.0 - i / 10})
+                                                    for i, t in enumerate(docs)])]
+
+    plain = BiEncoderPreRanker(k=None, device="cpu", with_title=False)(states())[0]
+    stage = BiEncoderPreRanker(k=None, device="cpu", with_title=False, prf_depth=2, prf_weight=1.0)
+    stage._ensure_warm()
+    calls = []
+    real = stage._embedder.encode
+    monkeypatch.setattr(stage._embedder, "encode", lambda texts, **kw: (calls.append(len(texts)), real(texts, **kw))[1])
+    prf = stage(states())[0]
+    assert calls == [1 + 4]  # still one encoder call for the query and the distinct passages
+    order_plain, order_prf = [p.id for p in plain.passages], [p.id for p in prf.passages]
+    assert order_plain.index("d3") > order_plain.index("d2")
+    assert order_prf.index("d3") < order_prf.index("d2")
+    # the score is the cosine with normalise(q + beta * mean(top-2 passage vectors))
+    q = e[0] + 1.0 * (e[1] + e[2]) / 2
+    q = q / np.linalg.norm(q)
+    got = {p.id: p.scores["bi_encoder"] for p in prf.passages}
+    for i in range(4):
+        assert got[f"d{i}"] == pytest.approx(float(q @ e[i + 1]), abs=1e-5)
+
+
+def test_bi_encoder_prf_uses_each_querys_own_incoming_top(minilm) -> None:
+    docs = ["Alexander Fleming discovered penicillin in 1928.", "Foxes are small omnivorous mammals.",
+            "Penicillin is an antibiotic."]
+    mk = lambda order: ContextState(query="penicillin", passages=[Passage(id=f"d{i}", text=docs[i], scores={"m": 1.0})  # noqa: E731
+                                                                    for i in order])
+    stage = BiEncoderPreRanker(k=None, device="cpu", prf_depth=1, prf_weight=1.0)
+    batch = stage([mk([0, 1, 2]), mk([1, 0, 2]), ContextState(query="empty", passages=[])])
+    alone = [stage([mk([0, 1, 2])])[0], stage([mk([1, 0, 2])])[0]]
+    for b, a in zip(batch[:2], alone, strict=True):  # batching does not mix the queries' feedback
+        assert {p.id: p.scores["bi_encoder"] for p in b.passages} == pytest.approx({p.id: p.scores["bi_encoder"] for p in a.passages}, abs=1e-5)
+    # feedback from the fox passage raises the fox passage's score for the second query
+    fox = [next(p.scores["bi_encoder"] for p in s.passages if p.id == "d1") for s in batch[:2]]
+    assert fox[1] > fox[0]
+    assert batch[2].passages == []
+
+
+@pytest.mark.parametrize("bad", [{"prf_depth": -1}, {"prf_weight": -0.5}, {"prf_depth": 1.5}])
+def test_bi_encoder_prf_rejects_invalid_values(bad) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        BiEncoderPreRanker(**bad)
+
+
+def test_bi_encoder_prf_config_roundtrip() -> None:
+    stage = BiEncoderPreRanker(k=10, keep_previous=0.5, prf_depth=3, prf_weight=0.5)
+    again = build_stage(stage.to_config())
+    assert (again.prf_depth, again.prf_weight, again.keep_previous) == (3, 0.5, 0.5)
+
+
 # -- feedback ranker -----------------------------------------------------------------------------
 def _trait_store(path: Path, n_queries: int = 40, seed: int = 0) -> FeedbackStore:
     """Lists whose reward comes from a metadata trait the 'match' score does not see."""

@@ -52,6 +52,41 @@ def _quantize_int8(cross_encoder: Any, torch: Any) -> None:
             aq.quantize_dynamic(hf, spec, inplace=True)
 
 
+def _rocchio(
+    q_emb: np.ndarray,
+    p_emb: np.ndarray,
+    text_idx: np.ndarray,
+    owner: np.ndarray,
+    offsets: np.ndarray,
+    depth: int,
+    beta: float,
+) -> np.ndarray:
+    """Rocchio-expanded query vectors: ``normalise(q + beta * mean(top-depth passage vectors))``.
+
+    Args:
+        q_emb: ``(n_queries, dim)`` query embeddings.
+        p_emb: ``(n_texts, dim)`` embeddings of the distinct passage texts.
+        text_idx: Flat (batch order) index of each passage's text into ``p_emb``.
+        owner: Flat state index of each passage.
+        offsets: Per-state offsets into the flat passage list.
+        depth: Feedback passages per query: the first ``depth`` of its incoming order.
+        beta: Weight of the feedback centroid.
+
+    Returns:
+        ``(n_queries, dim)`` float32 vectors, L2-normalised (queries without candidates unchanged
+        apart from the normalisation).
+    """
+    pos = np.arange(len(owner), dtype=np.int64) - offsets[owner]
+    top = pos < depth
+    sums = np.zeros((len(q_emb), p_emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner[top], p_emb[text_idx[top]])
+    counts = np.bincount(owner[top], minlength=len(q_emb)).astype(np.float64)
+    centroid = sums / np.maximum(counts, 1.0)[:, None]
+    out = q_emb.astype(np.float64) + beta * centroid
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
 class BiEncoderPreRanker(BaseStage):
     """Re-scores candidates by cosine similarity of query and *full* passage embeddings.
 
@@ -70,6 +105,13 @@ class BiEncoderPreRanker(BaseStage):
             e.g. 0.5 keeps the lexical half of a hybrid matching score, which a cosine re-score
             with the same embedder would otherwise throw away). The raw cosine is kept under
             ``"bi_encoder.raw"``.
+        prf_depth: Dense pseudo-relevance feedback (Rocchio on embeddings): the number of top
+            passages of each query *in the incoming order* (the previous stage's ranking) whose
+            mean embedding is added to the query vector before scoring. ``0`` (default) turns it
+            off. Fewer candidates than ``prf_depth`` use all of them.
+        prf_weight: Rocchio ``beta``: the query vector becomes
+            ``normalise(q + prf_weight * mean(top prf_depth passage embeddings))``, and every
+            candidate is scored by its cosine with it (``keep_previous`` then fuses as usual).
     """
 
     stage_type: ClassVar[str] = "bi_encoder"
@@ -80,6 +122,8 @@ class BiEncoderPreRanker(BaseStage):
     dtype: str = "auto"
     with_title: bool = True
     keep_previous: float = Field(0.0, ge=0.0, le=1.0)
+    prf_depth: int = Field(0, ge=0)
+    prf_weight: float = Field(0.5, ge=0.0)
 
     def warm_up(self) -> None:
         self._embedder = get_embedder(self.model, device=self.device, dtype=self.dtype)
@@ -96,6 +140,8 @@ class BiEncoderPreRanker(BaseStage):
         queries = [s.query for s in states]
         emb = self._embedder.encode(queries + list(uniq))
         q_emb, p_emb = emb[: len(queries)], emb[len(queries) :]
+        if self.prf_depth > 0 and self.prf_weight > 0:
+            q_emb = _rocchio(q_emb, p_emb, text_idx, owner, offsets, self.prf_depth, self.prf_weight)
         scores = np.einsum("nd,nd->n", p_emb[text_idx], q_emb[owner])
         apply_scores(self, states, scores, offsets, self.k, keep_previous=self.keep_previous)
         return states
