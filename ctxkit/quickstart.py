@@ -157,7 +157,9 @@ def _answer(states: list[Any], max_new_tokens: int) -> None:
     from .llm import TransformersGenerator
 
     print("\n== 3. answering with SmolLM2-135M-Instruct (offline) + CAAD logit shaping")
-    gen = TransformersGenerator("default", device="cpu", settings={"max_new_tokens": max_new_tokens})
+    gen = TransformersGenerator(
+        "default", device="cpu", settings={"max_new_tokens": max_new_tokens, "repetition_penalty": 1.2}
+    )
     t0 = time.perf_counter()
     space, processor = quickstart_space(gen)
     print(f"   grounding space: {len(space)} entries from built-in truthful Q/A ({time.perf_counter() - t0:.1f} s)")
