@@ -515,9 +515,7 @@ def hotpot_dev(data: Path, workdir: Path, device: str) -> dict:
     qrels = [qrels_all[i] for i in keep]
     idx_path = _ensure_index(workdir, "hotpot", [Document(id=t, text=x, title=t) for t, x in corpus.items()])
     questions = [rows[i]["question"] for i in keep]
-    # 100 queries per retrieval call: Chroma's query over all 422 x 200 results exceeds SQLite's
-    # variable limit ("too many SQL variables")
-    matching = Pipeline([_hybrid(idx_path, device)], batch_size=100).batch(questions)
+    matching = Pipeline([_hybrid(idx_path, device)]).batch(questions)
 
     def scores(states: list[ContextState]) -> dict:
         ranked = [doc_ids(s.passages) for s in states]

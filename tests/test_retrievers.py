@@ -366,6 +366,24 @@ def _docs(n: int, version: str = "v1") -> list[Document]:
     ]
 
 
+def test_large_batches_are_split_below_sqlite_variable_limit(tmp_path: Path, minilm, monkeypatch):
+    """170 queries x k=200 is 34,000 results: one Chroma call would exceed SQLite's 32,766
+    variables ("too many SQL variables"); the retriever splits the batch into several calls."""
+    ingest(_docs(200), index=tmp_path / "idx", device="cpu")
+    dense = ChromaRetriever(path=str(tmp_path / "idx"), k=200, device="cpu")
+    queries = [f"topic {i}" for i in range(170)]
+    calls = []
+    dense.warm_up()
+    dense._warm = True
+    query = dense._collection.query
+    monkeypatch.setattr(dense._collection, "query", lambda **kw: calls.append(len(kw["query_embeddings"])) or query(**kw))
+    out = dense.retrieve(queries)
+    assert calls == [100, 70]  # 20,000 results per call at most
+    assert all(len(r) == 200 for r in out)
+    alone = dense.retrieve(queries[-3:])
+    assert [[p.id for p in r] for r in out[-3:]] == [[p.id for p in r] for r in alone]
+
+
 def test_reingest_is_idempotent_and_removes_stale_chunks(tmp_path: Path, minilm):
     idx = Index(tmp_path / "idx", chunk_size=12, chunk_overlap=0, device="cpu")
     long_doc = Document(id="long", text=" ".join(f"Sentence {i} is here now." for i in range(12)))

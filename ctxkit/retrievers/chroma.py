@@ -15,6 +15,11 @@ from ..types import Passage
 from .base import BaseRetriever, where_key
 from .index import DEFAULT_COLLECTION, Index, chroma_client
 
+MAX_RESULTS_PER_QUERY_CALL = 20_000
+"""Queries x k per Chroma ``query`` call. Chroma fetches all results of a call with one SQL
+statement, and SQLite refuses more than 32,766 variables ("too many SQL variables"), so larger
+batches are split into several calls."""
+
 __all__ = ["ChromaRetriever"]
 
 log = logging.getLogger(__name__)
@@ -113,7 +118,9 @@ class ChromaRetriever(BaseRetriever):
         groups: dict[str, list[int]] = defaultdict(list)
         for i, w in enumerate(wheres):
             groups[where_key(w)].append(i)
-        for rows in groups.values():
+        per_call = max(1, MAX_RESULTS_PER_QUERY_CALL // max(1, min(k, n)))
+        chunks = [rows[i : i + per_call] for rows in groups.values() for i in range(0, len(rows), per_call)]
+        for rows in chunks:
             res = self._collection.query(
                 query_embeddings=embeddings[rows],
                 n_results=min(k, n),
