@@ -166,6 +166,7 @@ def main() -> int:
 
     def diagnose(d: SetDetector, held: str, train_cats: list[str]) -> dict:
         """Why held-out F1 is what it is: ranking quality, threshold transfer, learnability."""
+        from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import roc_auc_score
 
         y = ys[held]
@@ -184,8 +185,6 @@ def main() -> int:
         # and the ratio, so a head that sees it "detects" by counting (never shipped)
         x_art = np.vstack([np.column_stack([feats[c][:, :n_set], n_distinct[c]]) for c in train_cats])
         y_art = np.concatenate([ys[c] for c in train_cats])
-        from sklearn.linear_model import LogisticRegression
-
         mu, sd = x_art.mean(0), x_art.std(0) + 1e-6
         art = LogisticRegression(max_iter=3000).fit((x_art - mu) / sd, y_art)
         p_tr = art.predict_proba((x_art - mu) / sd)[:, 1]
@@ -195,6 +194,7 @@ def main() -> int:
                 "oracle_threshold_f1": prf(y, (p >= oracle_t).astype(int))["f1"], "oracle_threshold": float(oracle_t),
                 "in_domain_f1": round(float(np.mean(f1s)), 4),
                 "with_distinct_count_f1": prf(y, (p_art >= t_art).astype(int))["f1"]}
+
     by_ratio_pred: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     by_ratio_base: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
     for held in cats:
