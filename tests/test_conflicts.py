@@ -11,7 +11,6 @@ from ctxkit.faithfulness.conflicts import (
     Belief,
     ConflictCheck,
     ConflictDetector,
-    content_words,
     extract_spans,
     format_conflicts,
     span_kind,
@@ -221,35 +220,3 @@ def test_idf_overlap_discounts_words_found_everywhere(detector) -> None:
     lex_idf = {c.chunk: c.info["features"]["lex_idf"] for c in ranked}
     assert lex_idf[1] > lex_idf[0] and lex_idf[1] > lex_idf[2]
     assert ranked[0].chunk == 1 and ranked[0].chunk_span == "Dutch"
-
-
-def test_answer_parts_split_altered_values_from_mentions() -> None:
-    from ctxkit.faithfulness.conflicts import _answer_parts, _value_runs
-
-    ans, topic = content_words("Delaware River"), content_words("Where does the creek flow?")
-    altered = "It later flows into the Colorado River near Philadelphia."
-    named = "The creek is the longest one in Delaware."
-    assert _answer_parts(_value_runs(altered, extract_spans(altered)), ans, topic) == (0.5, 0.0)
-    assert _answer_parts(_value_runs(named, extract_spans(named)), ans, topic) == (0.0, 0.5)
-    # lower-case values: runs of content words ("least efficient algorithm")
-    text = "It needs the least efficient algorithm for the task."
-    runs = _value_runs(text, extract_spans(text))
-    assert {"least", "efficient", "algorithm", "task"} <= set().union(*runs)
-    assert _answer_parts(runs, content_words("the fastest algorithm"), set())[0] == 0.5
-    assert _answer_parts([], ans, topic) == (0.0, 0.0)
-
-
-def test_altered_value_outranks_a_mention_of_the_believed_value(detector) -> None:
-    sentences = [
-        "Pythons is the third album by the band Surfer Blood.",
-        "It is their last release for Kanine.",
-        "It was released in June 2013 under Atlantic Records and produced by Gil Norton.",
-    ]
-    belief = Belief.from_answer("Which label released the album Pythons?", "Kanine Records")
-    ranked = detector.rank([[belief]], [sentences])[0]
-    feats = {c.chunk: c.info["features"] for c in ranked}
-    assert feats[2]["answer_variant"] == 0.5 and feats[2]["answer_mention"] == 0.0  # "Atlantic Records"
-    assert feats[1]["answer_mention"] == 0.5 and feats[1]["answer_variant"] == 0.0  # "Kanine"
-    assert ranked[0].chunk == 2
-    # the fitted signs: an altered value ranks up, a bare mention of the believed value down
-    assert DEFAULT_WEIGHTS["answer_variant"] > 0 > DEFAULT_WEIGHTS["answer_mention"]

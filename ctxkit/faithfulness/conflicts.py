@@ -20,10 +20,7 @@ How a (belief, sentence) pair is scored:
 * **answer-aware ranking features** (``DEFAULT_WEIGHTS``): cosine of the sentence with the
   believed *answer* alone (a sentence holding a substitute of the same category looks like the
   answer, even when it is about a bridge entity the question never names) and the share of the
-  answer's own words in a sentence lacking the full answer ("County" of "Hancock County"),
-  split by the phrase that holds them: ``answer_variant`` when the phrase adds new words (an
-  altered value, "Madison County"), ``answer_mention`` when it is only a piece of the believed
-  value ("Hancock"), which points to a sentence that names the value rather than replaces it.
+  answer's own words in a sentence lacking the full answer ("County" of "Hancock County").
   Also computed, off by default: an idf-weighted question-word overlap, the neighbours' overlap
   and "states the believed value".
 
@@ -314,21 +311,16 @@ class Belief(BaseModel):
 
 # Weights of the extra ranking features: a conditional logit fitted once on the dev split of
 # benchmarks/conflicts.py (first 150 ids of SQuAD-KRE and of MuSiQue-KRE, alpha fixed at 0.3).
-# answer_variant / answer_mention (added later) split partial_answer by the shape of the phrase
-# holding the shared words: an altered value ("Colorado River" for "Delaware River") ranks up,
-# a bare reference to the believed value ("Kanine" of "Kanine Records") ranks down.
 # lex_idf, context and has_value did not help on dev (see the ablation in benchmarks/README.md)
 # and are off by default; they stay computed and can be switched on with ``weights``.
 DEFAULT_WEIGHTS: dict[str, float] = {
     "lex_idf": 0.0,
     "context": 0.0,
-    "answer_sim": 0.83,
-    "partial_answer": 0.13,
+    "answer_sim": 0.81,
+    "partial_answer": 0.23,
     "has_value": 0.0,
-    "answer_variant": 0.25,
-    "answer_mention": -0.17,
 }
-DEFAULT_MISMATCH_WEIGHT = 0.51
+DEFAULT_MISMATCH_WEIGHT = 0.55
 
 
 @dataclass
@@ -555,7 +547,6 @@ class ConflictDetector:
             cvec = emb[[texts[c] for c in cs]]
             sims = emb[[texts[b.topic or b.text] for b in bs]] @ cvec.T
             row["spans"] = [extract_spans(c) for c in cs]
-            runs = [_value_runs(c, sp) for c, sp in zip(cs, row["spans"], strict=True)]
             words = [content_words(c) for c in cs]
             norms = [f" {_norm(c)} " for c in cs]
             nums = [_numbers(c) for c in cs]
@@ -582,14 +573,10 @@ class ConflictDetector:
                     lex_idf = sum(idf[w] for w in shared) / idf_total
                     absent = [k for k in ks if not self._present(k, norms[ci], nums[ci], words[ci])]
                     partial = len(ans_words & words[ci]) / len(ans_words) if ans_words and absent else 0.0
-                    variant = mention = 0.0
-                    if partial:
-                        variant, mention = _answer_parts(runs[ci], ans_words, topic_words)
                     rel = self.alpha * sim + (1 - self.alpha) * lex
                     row["pairs"][bi, ci] = {
                         "sim": sim, "lex": lex, "lex_idf": lex_idf, "rel": rel, "absent": absent,
                         "answer_sim": float(ans_sims[ci]), "partial_answer": partial,
-                        "answer_variant": variant, "answer_mention": mention,
                         "has_value": float(bool(ks) and not absent), "best": (0.0, "other", None, None),
                     }
                 # neighbour context: a sentence's subject is often named in the one before it
@@ -665,7 +652,6 @@ class ConflictDetector:
                 feats = {
                     "lex_idf": pr["lex_idf"], "context": pr["context"],
                     "answer_sim": pr["answer_sim"], "partial_answer": pr["partial_answer"],
-                    "answer_variant": pr["answer_variant"], "answer_mention": pr["answer_mention"],
                     "has_value": float(supports),
                 }
                 rank = pr["rel"] + self.mismatch_weight * mismatch + sum(
@@ -723,41 +709,6 @@ class ConflictDetector:
             return True
         words = content_words(k.text)
         return bool(words) and words <= chunk_words
-
-
-def _value_runs(text: str, spans: list[Span]) -> list[set[str]]:
-    """Word sets of the value-like phrases of a chunk: its entity spans and its maximal runs of
-    consecutive content words ("least efficient algorithm", "Colorado River")."""
-    runs = [content_words(sp.text) for sp in spans if sp.kind == "entity"]
-    cur: list[str] = []
-    for w in [*_WORD_RE.findall(text), ""]:
-        if w and w.lower() not in _STOP and len(w) > 1:
-            cur.append(w)
-        elif cur:
-            runs.append({_stem(x) for x in cur})
-            cur = []
-    return [r for r in runs if r]
-
-
-def _answer_parts(runs: list[set[str]], ans_words: set[str], topic_words: set[str]) -> tuple[float, float]:
-    """(variant, mention) for a chunk lacking the believed answer but sharing some of its words.
-
-    *variant*: a phrase keeps part of the answer and adds new words ("Colorado River" for
-    "Delaware River", "University of Oxford" for "University of Glasgow"), the shape of a
-    substituted value. *mention*: a phrase made only of answer (and topic) words ("Kanine" of
-    "Kanine Records"), a short reference to the believed value itself. Each is the largest share
-    of the answer's words such a phrase holds."""
-    variant = mention = 0.0
-    for run in runs:
-        shared = run & ans_words
-        if not shared:
-            continue
-        share = len(shared) / len(ans_words)
-        if run - ans_words - topic_words:
-            variant = max(variant, share)
-        else:
-            mention = max(mention, share)
-    return variant, mention
 
 
 def _other_terms(text: str) -> list[str]:
