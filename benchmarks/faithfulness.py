@@ -35,7 +35,7 @@ same generator on the same slice (SQuAD-KRE negative).
 Usage:
     python benchmarks/faithfulness.py --model default --n 200 --device cpu --out results.json
     python benchmarks/faithfulness.py --model default --n 200 --device cuda --batch-size 32 --out results.json
-    python benchmarks/faithfulness.py --model default --speed --n 16 --batch-size 16 --device cpu --out speed.json
+    python benchmarks/faithfulness.py --model default --speed --n 16 --batch-size 16 --max-batch-tokens 4096 --device cpu --out speed.json
 """
 
 from __future__ import annotations
@@ -285,6 +285,8 @@ def main() -> int:
     ap.add_argument("--answer-tokens", type=int, default=24)
     ap.add_argument("--cot-tokens", type=int, default=96)
     ap.add_argument("--max-input-tokens", type=int, default=2048)
+    ap.add_argument("--max-batch-tokens", type=int, default=0,
+                    help="cap on padded prompt tokens per generate call (0: none; ~4096 suits a CPU)")
     ap.add_argument("--speed", action="store_true", help="measure batched vs one-at-a-time items/s")
     ap.add_argument("--show", action="store_true", help="print a few predictions")
     ap.add_argument("--checkpoint", default=None, help="per-item records (JSON lines); default <out>.items.jsonl")
@@ -323,7 +325,7 @@ def main() -> int:
     from ctxkit.llm.transformers import TransformersGenerator
 
     gen = TransformersGenerator(args.model, device=args.device, batch_size=args.batch_size,
-                                max_input_tokens=args.max_input_tokens)
+                                max_input_tokens=args.max_input_tokens, max_batch_tokens=args.max_batch_tokens or None)
     tok = gen.tokenizer
     t_start = time.perf_counter()
 

@@ -205,6 +205,28 @@ def test_sampling_with_a_seed_is_reproducible(llama):
     assert [g.text for g in a] != [g.text for g in greedy]
 
 
+def test_max_batch_tokens_caps_padded_tokens_and_keeps_outputs(tiny_llm_dir, llama):
+    capped = TransformersGenerator(str(tiny_llm_dir), device="cpu", batch_size=8, max_batch_tokens=60)
+    shapes = []
+    inner = capped._generate_chunk
+
+    def recording(rows, cfg, procs):
+        shapes.append((len(rows), max(len(r) for r in rows)))
+        return inner(rows, cfg, procs)
+
+    capped._generate_chunk = recording
+    prompts = PROMPTS * 3
+    got = [g.text for g in capped.generate(prompts, max_new_tokens=6)]
+    assert sum(n for n, _ in shapes) == len(prompts) and len(shapes) > 1 and max(n for n, _ in shapes) > 1
+    assert all(n == 1 or n * width <= 60 for n, width in shapes)
+    assert got == [g.text for g in llama.generate(prompts, max_new_tokens=6)]
+    convs, conts = PROMPTS[:2] * 2, [" 1928", " paris", " fox", " year"]
+    assert capped.score(convs, conts) == pytest.approx(llama.score(convs, conts), abs=1e-4)
+    assert capped.to_spec()["max_batch_tokens"] == 60
+    with pytest.raises(ConfigError, match="max_batch_tokens"):
+        TransformersGenerator(str(tiny_llm_dir), max_batch_tokens=0)
+
+
 def test_repetition_penalty_reaches_generate(llama):
     plain = [g.text for g in llama.generate(PROMPTS, max_new_tokens=16)]
     penalised = [g.text for g in llama.generate(PROMPTS, max_new_tokens=16, repetition_penalty=2.0)]

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +66,10 @@ class TransformersGenerator(BaseGenerator):
         dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 elsewhere), ``"float32"``, ``"float16"``,
             ``"bfloat16"``.
         batch_size: Conversations per ``generate`` call (prompts are sorted by length first).
+        max_batch_tokens: Cap on the padded prompt tokens of one call (rows x longest prompt);
+            a call takes fewer than ``batch_size`` rows when their prompts are long. ``None``
+            (default): no cap. On a CPU, where prefill is compute-bound and a padded batch of
+            long prompts runs slower per row than smaller ones, ~4096 is a good value.
         max_input_tokens: Prompt budget in tokens; ``None`` uses the model's context size minus
             ``max_new_tokens``. Longer prompts lose context text (never other text).
         settings: Default :class:`SamplingSettings` (greedy by default).
@@ -92,6 +96,7 @@ class TransformersGenerator(BaseGenerator):
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 8,
+        max_batch_tokens: int | None = None,
         max_input_tokens: int | None = None,
         settings: SamplingSettings | dict[str, Any] | None = None,
         logits_processors: Sequence[Any] | None = None,
@@ -109,6 +114,10 @@ class TransformersGenerator(BaseGenerator):
             raise ConfigError("TransformersGenerator: model must be a non-empty name or path")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"TransformersGenerator: batch_size must be an int >= 1, got {batch_size!r}")
+        if max_batch_tokens is not None and (not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise ConfigError(
+                f"TransformersGenerator: max_batch_tokens must be an int >= 1 or None, got {max_batch_tokens!r}"
+            )
         if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 1):
             raise ConfigError(
                 f"TransformersGenerator: max_input_tokens must be an int >= 1 or None, got {max_input_tokens!r}"
@@ -130,6 +139,7 @@ class TransformersGenerator(BaseGenerator):
         self.device_setting = device
         self.dtype_setting = dtype
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_input_tokens = max_input_tokens
         self.logits_processors = list(logits_processors or [])
         self.chat_template = chat_template
@@ -172,7 +182,8 @@ class TransformersGenerator(BaseGenerator):
         """The spec dict that :func:`ctxkit.llm.build_generator` turns back into this generator."""
         spec: dict[str, Any] = {"backend": "transformers", "model": self.model_name}
         for key, default in (
-            ("device", "auto"), ("dtype", "auto"), ("batch_size", 8), ("max_input_tokens", None),
+            ("device", "auto"), ("dtype", "auto"), ("batch_size", 8), ("max_batch_tokens", None),
+            ("max_input_tokens", None),
             ("chat_template", True), ("trust_remote_code", False),
         ):
             value = getattr(self, "device_setting" if key == "device" else "dtype_setting" if key == "dtype" else key)
@@ -413,7 +424,7 @@ class TransformersGenerator(BaseGenerator):
                 results[i] = Generation(error=f"{type(exc).__name__}: {exc}", finish_reason="error")
         procs = self.logits_processors if logits_processors is None else list(logits_processors)
         order = sorted(prepared, key=lambda t: len(t[1]), reverse=True)
-        chunks = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        chunks = self._chunks(order, lambda t: len(t[1]))
         bar = None
         if self.show_progress and len(chunks) > 1:
             from tqdm.auto import tqdm
@@ -574,8 +585,7 @@ class TransformersGenerator(BaseGenerator):
                 log.warning("score: cannot score item %d: %s", i, exc)
         rows.sort(key=lambda r: len(r[1]), reverse=True)
         pad_id = tok.pad_token_id
-        for k in range(0, len(rows), self.batch_size):
-            chunk = rows[k : k + self.batch_size]
+        for chunk in self._chunks(rows, lambda r: len(r[1])):
             width = max(len(r[1]) for r in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -591,6 +601,21 @@ class TransformersGenerator(BaseGenerator):
                 lp = logp[j, L - n - 1 : L - 1].gather(-1, targets[:, None]).squeeze(-1)
                 total = float(lp.sum())
                 out[i] = total / n if reduce == "mean" else total
+        return out
+
+    def _chunks(self, rows: list[Any], length: Callable[[Any], int]) -> list[list[Any]]:
+        """Consecutive batches of ``rows`` (sorted longest first) within the row and token caps."""
+        out: list[list[Any]] = []
+        for r in rows:
+            cur = out[-1] if out else None
+            if (
+                cur is None
+                or len(cur) >= self.batch_size
+                or (self.max_batch_tokens is not None and (len(cur) + 1) * length(cur[0]) > self.max_batch_tokens)
+            ):
+                out.append([r])
+            else:
+                cur.append(r)
         return out
 
     def __repr__(self) -> str:
