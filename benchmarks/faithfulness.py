@@ -286,7 +286,7 @@ def main() -> int:
     ap.add_argument("--cot-tokens", type=int, default=96)
     ap.add_argument("--max-input-tokens", type=int, default=2048)
     ap.add_argument("--max-batch-tokens", type=int, default=0,
-                    help="cap on padded prompt tokens per generate call (0: none; ~4096 suits a CPU)")
+                    help="cap on padded prompt tokens per generate call (0: none)")
     ap.add_argument("--speed", action="store_true", help="measure batched vs one-at-a-time items/s")
     ap.add_argument("--show", action="store_true", help="print a few predictions")
     ap.add_argument("--checkpoint", default=None, help="per-item records (JSON lines); default <out>.items.jsonl")

@@ -68,8 +68,8 @@ class TransformersGenerator(BaseGenerator):
         batch_size: Conversations per ``generate`` call (prompts are sorted by length first).
         max_batch_tokens: Cap on the padded prompt tokens of one call (rows x longest prompt);
             a call takes fewer than ``batch_size`` rows when their prompts are long. ``None``
-            (default): no cap. On a CPU, where prefill is compute-bound and a padded batch of
-            long prompts runs slower per row than smaller ones, ~4096 is a good value.
+            (default): no cap. Useful on a CPU, where prefill is compute-bound and every
+            padding token costs as much as a real one.
         max_input_tokens: Prompt budget in tokens; ``None`` uses the model's context size minus
             ``max_new_tokens``. Longer prompts lose context text (never other text).
         settings: Default :class:`SamplingSettings` (greedy by default).
