@@ -537,7 +537,7 @@ def hotpot_dev(data: Path, workdir: Path, device: str) -> dict:
             "selection": "max nDCG@10 on these HotpotQA dev questions (binary supporting-paragraph gains)"}
 
 
-def trecdl(data: Path, workdir: Path, device: str, chosen: dict | None = None) -> dict:
+def trecdl(data: Path, workdir: Path, device: str, chosen: dict) -> dict:
     """nDCG@10 on TREC DL 2019 of matching vs matching -> bi-encoder pre-ranking.
 
     ``chosen``: the pre-ranker setting selected on the HotpotQA dev set (``hotpot_dev``); it is the
@@ -559,7 +559,6 @@ def trecdl(data: Path, workdir: Path, device: str, chosen: dict | None = None) -
     def score(states: list[ContextState]) -> float:
         return round(statistics.fmean(ndcg10(doc_ids(s.passages), qrels[q]) for q, s in zip(qids, states, strict=True)), 4)
 
-    chosen = chosen or {"keep_previous": 0.5, "prf_depth": 3, "prf_weight": 0.5}
     memo = _MemoEmbedder(get_embedder("default", device=device, dtype="auto"))
     # the published cascade, run as a pipeline (timed; the memo is empty, so this is the plain stage)
     stage = BiEncoderPreRanker(k=50, device=device, **chosen)

@@ -218,8 +218,11 @@ def test_bi_encoder_prf_moves_up_a_passage_like_the_feedback(minilm, monkeypatch
 def test_bi_encoder_prf_uses_each_querys_own_incoming_top(minilm) -> None:
     docs = ["Alexander Fleming discovered penicillin in 1928.", "Foxes are small omnivorous mammals.",
             "Penicillin is an antibiotic."]
-    mk = lambda order: ContextState(query="penicillin", passages=[Passage(id=f"d{i}", text=docs[i], scores={"m": 1.0})  # noqa: E731
-                                                                    for i in order])
+
+    def mk(order: list[int]) -> ContextState:
+        return ContextState(query="penicillin",
+                            passages=[Passage(id=f"d{i}", text=docs[i], scores={"m": 1.0}) for i in order])
+
     stage = BiEncoderPreRanker(k=None, device="cpu", prf_depth=1, prf_weight=1.0)
     batch = stage([mk([0, 1, 2]), mk([1, 0, 2]), ContextState(query="empty", passages=[])])
     alone = [stage([mk([0, 1, 2])])[0], stage([mk([1, 0, 2])])[0]]

@@ -48,8 +48,9 @@ class SamplingSettings(BaseModel):
         stop: Strings that end the generation (not included in the output).
         repetition_penalty: Divides the logits of tokens already in the prompt or the output
             (CTRL-style, as transformers and vLLM apply it); 1.0 is off. Around 1.1-1.3 keeps
-            small models from looping on one word. Sent to OpenAI-compatible servers only when
-            not 1.0 (vLLM, llama.cpp and our server accept it; OpenAI itself does not).
+            small models from looping on one word. Sent to OpenAI-compatible servers as
+            ``repetition_penalty`` only when not 1.0 (vLLM and our server accept it; OpenAI
+            itself does not; llama.cpp calls it ``repeat_penalty``: pass that in ``extra_body``).
     """
 
     model_config = ConfigDict(extra="forbid")
