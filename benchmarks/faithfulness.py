@@ -257,16 +257,26 @@ def speed(gen: Any, items: list[dict], args: argparse.Namespace) -> dict:
 
     pipeline(states_of(items[:1]))  # warm-up (model and embedder load)
     t0 = time.perf_counter()
-    pipeline(states_of(items))
+    answers = [s.answer for s in pipeline(states_of(items))]
     batched = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for st in states_of(items):
-        pipeline([st])
+    single_answers = [pipeline([st])[0].answer for st in states_of(items)]
     single = time.perf_counter() - t0
-    return {"n": len(items), "batched_items_per_s": round(len(items) / batched, 4),
-            "one_at_a_time_items_per_s": round(len(items) / single, 4),
-            "speedup": round(single / batched, 2), "batch_size": gen.batch_size,
-            "batched_seconds": round(batched, 1), "one_at_a_time_seconds": round(single, 1)}
+    res = {"n": len(items), "batched_items_per_s": round(len(items) / batched, 4),
+           "one_at_a_time_items_per_s": round(len(items) / single, 4),
+           "speedup": round(single / batched, 2), "batch_size": gen.batch_size, "prefill": gen.prefill,
+           "batched_seconds": round(batched, 1), "one_at_a_time_seconds": round(single, 1),
+           "same_answers_as_one_at_a_time": sum(a == b for a, b in zip(answers, single_answers, strict=True))}
+    if args.compare_prefill and gen.prefill != "batch":
+        # the same batched pipeline with one padded prefill per call, in the same run
+        mode, gen.prefill = gen.prefill, "batch"
+        t0 = time.perf_counter()
+        padded_answers = [s.answer for s in pipeline(states_of(items))]
+        padded = time.perf_counter() - t0
+        gen.prefill = mode
+        res.update({"padded_prefill_seconds": round(padded, 1), "padded_prefill_speedup": round(single / padded, 2),
+                    "padded_prefill_same_answers": sum(a == b for a, b in zip(answers, padded_answers, strict=True))})
+    return res
 
 
 def main() -> int:
@@ -287,7 +297,11 @@ def main() -> int:
     ap.add_argument("--max-input-tokens", type=int, default=2048)
     ap.add_argument("--max-batch-tokens", type=int, default=0,
                     help="cap on padded prompt tokens per generate call (0: none)")
+    ap.add_argument("--prefill", default="auto", choices=("auto", "batch", "rows"),
+                    help="TransformersGenerator(prefill=...): how a batch reads its prompts")
     ap.add_argument("--speed", action="store_true", help="measure batched vs one-at-a-time items/s")
+    ap.add_argument("--compare-prefill", action="store_true",
+                    help="with --speed: also time the batched pipeline with prefill='batch' in the same run")
     ap.add_argument("--show", action="store_true", help="print a few predictions")
     ap.add_argument("--checkpoint", default=None, help="per-item records (JSON lines); default <out>.items.jsonl")
     ap.add_argument("--fresh", action="store_true", help="ignore and overwrite an existing checkpoint")
@@ -325,7 +339,7 @@ def main() -> int:
     from ctxkit.llm.transformers import TransformersGenerator
 
     gen = TransformersGenerator(args.model, device=args.device, batch_size=args.batch_size,
-                                max_input_tokens=args.max_input_tokens, max_batch_tokens=args.max_batch_tokens or None)
+                                max_input_tokens=args.max_input_tokens, max_batch_tokens=args.max_batch_tokens or None, prefill=args.prefill)
     tok = gen.tokenizer
     t_start = time.perf_counter()
 

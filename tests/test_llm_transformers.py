@@ -337,3 +337,51 @@ def test_strip_context_markers_still_truncates_only_context(tiny_llm_dir):
     assert "<context>" not in prompt and prompt.endswith("q: who</s><|assistant|>")
     assert "the lazy dog" in prompt and len(gen.tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= 40
     assert gen.to_spec()["strip_context_markers"] is True
+
+
+@pytest.mark.parametrize("which", ["tiny_llm_dir", "tiny_gpt2_dir"])
+def test_row_prefill_keeps_outputs_and_really_prefills_rows(which, request):
+    path = str(request.getfixturevalue(which))
+    batch = TransformersGenerator(path, device="cpu", batch_size=4, prefill="batch")
+    rows = TransformersGenerator(path, device="cpu", batch_size=4, prefill="rows")
+    built = []
+    inner = rows._rows_cache
+
+    def spy(r, width, dev):
+        cache = inner(r, width, dev)
+        built.append((len(r), cache is not None))
+        return cache
+
+    rows._rows_cache = spy
+    want = batch.generate(PROMPTS, max_new_tokens=8)
+    got = rows.generate(PROMPTS, max_new_tokens=8)
+    assert built and all(ok for _, ok in built) and max(n for n, _ in built) > 1
+    assert [g.text for g in got] == [g.text for g in want]
+    assert [g.n_tokens for g in got] == [g.n_tokens for g in want]
+    single = [batch.generate([p], max_new_tokens=8)[0].text for p in PROMPTS]
+    assert [g.text for g in got] == single
+    # seeded sampling and logits processors behave as with a padded prefill
+    s = SamplingSettings(max_new_tokens=6, temperature=1.5, top_k=50, seed=3)
+    assert [g.text for g in rows.generate(PROMPTS, s)] == [g.text for g in batch.generate(PROMPTS, s)]
+    force = ForceToken(5)
+    forced = rows.generate(PROMPTS[:2], max_new_tokens=3, logits_processors=[force])
+    assert len(force.calls) == 3 and force.calls[0][0] == 2
+    assert all(g.n_tokens >= 1 for g in forced)
+    assert rows.to_spec()["prefill"] == "rows" and batch.to_spec()["prefill"] == "batch"
+    assert build_generator(rows.to_spec()).prefill == "rows"
+    assert "prefill" not in TransformersGenerator(path).to_spec()
+    with pytest.raises(ConfigError, match="prefill"):
+        TransformersGenerator(path, prefill="pipelined")
+
+
+def test_auto_prefill_picks_rows_only_for_long_prompts_on_cpu(tiny_llm_dir):
+    from ctxkit.llm.transformers import ROW_PREFILL_MIN_TOKENS
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu")
+    gen.warm_up()
+    cpu = gen.model.device
+    long_rows = [[1] * ROW_PREFILL_MIN_TOKENS, [1] * 10]
+    assert gen._row_prefill(long_rows, cpu)
+    assert not gen._row_prefill([[1] * (ROW_PREFILL_MIN_TOKENS - 1), [1] * 10], cpu)
+    assert not gen._row_prefill(long_rows[:1], cpu)  # one row: nothing to pad
+    assert not gen._row_prefill(long_rows, "cuda")

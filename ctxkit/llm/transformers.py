@@ -30,12 +30,14 @@ from .._lazy import require
 from ..errors import ConfigError, InputError
 from .base import BaseGenerator, Generation, Message, SamplingSettings, as_messages
 
-__all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "TransformersGenerator", "model_cache_dir"]
+__all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "ROW_PREFILL_MIN_TOKENS", "TransformersGenerator", "model_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 CONTEXT_OPEN = "<context>"
 CONTEXT_CLOSE = "</context>"
+ROW_PREFILL_MIN_TOKENS = 256
+"""``prefill="auto"`` reads prompts one row at a time on a CPU from this prompt length on."""
 
 
 def model_cache_dir() -> Path:
@@ -70,6 +72,14 @@ class TransformersGenerator(BaseGenerator):
             a call takes fewer than ``batch_size`` rows when their prompts are long. ``None``
             (default): no cap. Useful on a CPU, where prefill is compute-bound and every
             padding token costs as much as a real one.
+        prefill: How a multi-row call reads its prompts. ``"batch"``: one left-padded forward
+            pass (best on a GPU). ``"rows"``: each prompt alone (no padding tokens, no attention
+            over padding), then the rows' KV caches are left-padded into one cache and decoding
+            runs batched; greedy outputs are the same as ``"batch"``. ``"auto"`` (default):
+            ``"rows"`` on a CPU when the longest prompt of the call has at least
+            ``ROW_PREFILL_MIN_TOKENS`` tokens, else ``"batch"``. Models whose cache is not a
+            plain per-layer key/value cache (sliding-window or recurrent layers) always use
+            ``"batch"``.
         max_input_tokens: Prompt budget in tokens; ``None`` uses the model's context size minus
             ``max_new_tokens``. Longer prompts lose context text (never other text).
         settings: Default :class:`SamplingSettings` (greedy by default).
@@ -97,6 +107,7 @@ class TransformersGenerator(BaseGenerator):
         dtype: str = "auto",
         batch_size: int = 8,
         max_batch_tokens: int | None = None,
+        prefill: Literal["auto", "batch", "rows"] = "auto",
         max_input_tokens: int | None = None,
         settings: SamplingSettings | dict[str, Any] | None = None,
         logits_processors: Sequence[Any] | None = None,
@@ -118,6 +129,8 @@ class TransformersGenerator(BaseGenerator):
             raise ConfigError(
                 f"TransformersGenerator: max_batch_tokens must be an int >= 1 or None, got {max_batch_tokens!r}"
             )
+        if prefill not in ("auto", "batch", "rows"):
+            raise ConfigError(f"TransformersGenerator: prefill must be 'auto', 'batch' or 'rows', got {prefill!r}")
         if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 1):
             raise ConfigError(
                 f"TransformersGenerator: max_input_tokens must be an int >= 1 or None, got {max_input_tokens!r}"
@@ -140,6 +153,7 @@ class TransformersGenerator(BaseGenerator):
         self.dtype_setting = dtype
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.prefill = prefill
         self.max_input_tokens = max_input_tokens
         self.logits_processors = list(logits_processors or [])
         self.chat_template = chat_template
@@ -183,7 +197,7 @@ class TransformersGenerator(BaseGenerator):
         spec: dict[str, Any] = {"backend": "transformers", "model": self.model_name}
         for key, default in (
             ("device", "auto"), ("dtype", "auto"), ("batch_size", 8), ("max_batch_tokens", None),
-            ("max_input_tokens", None),
+            ("prefill", "auto"), ("max_input_tokens", None),
             ("chat_template", True), ("trust_remote_code", False),
         ):
             value = getattr(self, "device_setting" if key == "device" else "dtype_setting" if key == "dtype" else key)
@@ -516,6 +530,10 @@ class TransformersGenerator(BaseGenerator):
                     stack.enter_context(p.prefetching(model))
             if cfg.seed is not None:
                 torch.manual_seed(cfg.seed)
+            if self._row_prefill(rows, dev):
+                cache = self._rows_cache(rows, width, dev)
+                if cache is not None:
+                    kwargs[self._cache_kwarg()] = cache
             out = model.generate(
                 input_ids=input_ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg, **kwargs
             )
@@ -540,6 +558,51 @@ class TransformersGenerator(BaseGenerator):
                 text, reason = text[:cut], "stop"
             gens.append(Generation(text=text.strip(), finish_reason=reason, n_tokens=n + int(hit_eos)))
         return gens
+
+    def _row_prefill(self, rows: list[list[int]], dev: Any) -> bool:
+        if len(rows) < 2 or min(len(r) for r in rows) < 2 or self.prefill == "batch":
+            return False
+        return self.prefill == "rows" or (
+            getattr(dev, "type", str(dev)) == "cpu" and max(len(r) for r in rows) >= ROW_PREFILL_MIN_TOKENS
+        )
+
+    def _forward_params(self) -> Any:
+        import inspect
+
+        return inspect.signature(self.model.forward).parameters
+
+    def _cache_kwarg(self) -> str:
+        return "cache" if "cache" in self._forward_params() else "past_key_values"
+
+    def _rows_cache(self, rows: list[list[int]], width: int, dev: Any) -> Any:
+        """Prefill each row alone (all but its last token) and left-pad the caches into one.
+
+        Returns ``None`` (the caller then prefills the padded batch) when the model's cache is
+        not a plain per-layer key/value cache.
+        """
+        torch = require("torch")
+        tf = require("transformers")
+        model = self.model
+        name = self._cache_kwarg()
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in self._forward_params() else {}
+        per_layer: list[list[tuple[Any, Any]]] = []
+        for r in rows:
+            cache = tf.DynamicCache(config=model.config)
+            model(input_ids=torch.tensor([r[:-1]], device=dev), use_cache=True, **{name: cache}, **extra)
+            layers = getattr(cache, "layers", None)
+            if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+                return None
+            pad = width - len(r)
+            per_layer.append([
+                (torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)),
+                 torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+                for layer in layers
+            ])
+        merged = [
+            (torch.cat([row[i][0] for row in per_layer]), torch.cat([row[i][1] for row in per_layer]))
+            for i in range(len(per_layer[0]))
+        ]
+        return tf.DynamicCache(ddp_cache_data=merged, config=model.config)
 
     # -- scoring ---------------------------------------------------------------------------------
     def score(
