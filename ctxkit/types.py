@@ -80,7 +80,7 @@ class Trace(BaseModel):
         return sum(r.seconds for r in self.stages)
 
 
-ConflictKind = Literal["entity", "number", "date", "negation", "other"]
+ConflictKind = Literal["entity", "number", "date", "negation", "opposite", "other"]
 
 
 class Conflict(BaseModel):
@@ -92,7 +92,8 @@ class Conflict(BaseModel):
         passage_id: Id of the passage holding the chunk, when known.
         similarity: Cosine similarity of belief and chunk (how sure we are they talk about the
             same thing).
-        kind: What differs: an entity, a number, a date, a negation, or something else.
+        kind: What differs: an entity, a number, a date, a negation, an opposite relation
+            (``before`` / ``after``, ``larger`` / ``smaller``...), or something else.
         score: Conflict strength in [0, 1].
         belief_span: The part of the belief that differs (e.g. ``"1889"``), when found.
         chunk_span: The part of the chunk that differs (e.g. ``"1901"``), when found.

@@ -71,6 +71,11 @@ def test_belief_coercion() -> None:
          "The Eiffel Tower is 250 metres tall. It is made of wrought iron.", "number", "330 metres", "250"),
         ("The Eiffel Tower is made of wrought iron.",
          "Tourists love Paris. The Eiffel Tower is not made of wrought iron.", "negation", None, None),
+        ("The Eiffel Tower was completed before 1900.",
+         "Paris has many museums. The Eiffel Tower was completed after 1900.", "opposite", "before", "after"),
+        ("Sales of the company increased in 2020.",
+         "The company is based in Ohio. Sales of the company decreased in 2020.", "opposite", "increased",
+         "decreased"),
     ],
 )
 def test_detects_kind_and_spans(detector, belief, context, kind, bspan, cspan) -> None:
@@ -91,6 +96,13 @@ def test_agreeing_or_unrelated_context_gives_no_conflict(detector) -> None:
                            ["Normandy is a region in France."]) == []
     assert detector.detect(["The Eiffel Tower was completed in 1889."],
                            ["Penicillin is an antibiotic used against infections."]) == []
+
+
+def test_opposite_and_negation_together_agree(detector) -> None:
+    # "not shorter" and "longer" say the same thing: no conflict
+    assert detector.detect(["The Nile is not shorter than the Amazon."], ["The Nile is longer than the Amazon."]) == []
+    # the belief's own relation word is in the sentence: no opposite, no conflict
+    assert detector.detect(["Sales increased in 2020."], ["Sales increased in 2020 after a slow start."]) == []
 
 
 def test_rank_puts_the_substituted_sentence_first(detector) -> None:

@@ -4,7 +4,7 @@ A *belief* is a statement from a trusted source (a knowledge base, a previous an
 known answer", or the model's own self-facts). :class:`ConflictDetector` finds the context
 sentences that talk about the same thing as a belief but state a different value, and explains
 the disagreement as a :class:`~ctxkit.types.Conflict` (kind ``entity``, ``number``, ``date``,
-``negation`` or ``other``, with the two differing spans).
+``negation``, ``opposite`` or ``other``, with the two differing spans).
 
 How a (belief, sentence) pair is scored:
 
@@ -15,7 +15,9 @@ How a (belief, sentence) pair is scored:
   type where it would go: another number, another date, or another entity / term that is
   semantically close to the believed one (a substituted value comes from the same category:
   a country for a country, a state for a state). A flipped negation on an otherwise matching
-  sentence is a ``negation`` conflict.
+  sentence is a ``negation`` conflict, an opposite relation word (``before`` for ``after``,
+  ``larger`` for ``smaller``, ``increased`` for ``decreased``) an ``opposite`` conflict; a
+  flipped negation *and* an opposite word ("not shorter" / "longer") cancel out.
 
 * **answer-aware ranking features** (``DEFAULT_WEIGHTS``): cosine of the sentence with the
   believed *answer* alone (a sentence holding a substitute of the same category looks like the
@@ -72,6 +74,31 @@ _NEGATION = frozenset(
     "not no never none nobody nothing neither nor without cannot can't don't doesn't didn't isn't "
     "wasn't aren't weren't won't wouldn't hasn't haven't hadn't false untrue".split()
 )
+# Relation words whose swap states the opposite on an otherwise matching sentence (both directions).
+_OPPOSITE_PAIRS = (
+    "before after", "earlier later", "more less", "more fewer", "most least", "higher lower",
+    "highest lowest", "larger smaller", "largest smallest", "bigger smaller", "biggest smallest",
+    "longer shorter", "longest shortest", "taller shorter", "tallest shortest", "older younger",
+    "oldest youngest", "greater smaller", "greatest smallest", "heavier lighter", "faster slower",
+    "fastest slowest", "wider narrower", "warmer colder", "hotter colder", "better worse",
+    "best worst", "above below", "north south", "east west", "northern southern",
+    "eastern western", "northernmost southernmost", "easternmost westernmost", "maximum minimum",
+    "majority minority", "inside outside", "increase decrease", "increased decreased",
+    "increases decreases", "increasing decreasing", "rise fall", "rose fell", "rising falling",
+    "won lost", "win lose", "wins loses", "gained lost", "first last", "true false",
+    "legal illegal", "accepted rejected", "approved rejected", "success failure",
+    "successful unsuccessful", "positive negative", "import export", "imported exported",
+    "imports exports", "bought sold", "buy sell", "alive dead", "supported opposed",
+    "supports opposes", "allowed banned", "allowed forbidden", "include exclude",
+    "included excluded", "open closed", "opened closed", "start end", "started ended",
+    "beginning end", "upstream downstream", "ancient modern", "private public",
+)
+_OPPOSITE: dict[str, frozenset[str]] = {}
+for _pair in _OPPOSITE_PAIRS:
+    _a, _b = _pair.split()
+    _OPPOSITE[_a] = _OPPOSITE.get(_a, frozenset()) | {_b}
+    _OPPOSITE[_b] = _OPPOSITE.get(_b, frozenset()) | {_a}
+
 _MONTHS = (
     "january february march april may june july august september october november december "
     "jan feb mar apr jun jul aug sep sept oct nov dec"
@@ -223,6 +250,19 @@ def extract_spans(text: str) -> list[Span]:
 
 def _has_negation(text: str) -> bool:
     return any(w.lower() in _NEGATION or w.lower().endswith("n't") for w in re.findall(r"[\w']+", text))
+
+
+def _opposite(belief: str, chunk: str) -> tuple[str, str] | None:
+    """A relation word of ``belief`` whose opposite ``chunk`` uses instead, e.g. ("before", "after")."""
+    bw = set(re.findall(r"[a-z]+", belief.lower()))
+    cw = set(re.findall(r"[a-z]+", chunk.lower()))
+    for w in sorted(bw & _OPPOSITE.keys()):
+        if w in cw:
+            continue
+        for o in sorted(_OPPOSITE[w]):
+            if o in cw and o not in bw:
+                return w, o
+    return None
 
 
 def split_chunks(text: str, max_words: int = 20) -> list[str]:
@@ -645,9 +685,13 @@ class ConflictDetector:
                 if not b.answer and len(ks) > 1 and len(pr["absent"]) == len(ks):
                     # nothing of a multi-part statement is in the chunk: probably another subject
                     best = (best[0] * 0.5, *best[1:])
-                if best[0] == 0.0 and _has_negation(cs[ci]) != _has_negation(b.text) and pr["lex"] >= 0.5:
-                    best = (0.6 if supports else 0.8, "negation", None, None)
-                    supports = False
+                if best[0] == 0.0 and pr["lex"] >= 0.5:
+                    flipped = _has_negation(cs[ci]) != _has_negation(b.text)
+                    opposite = _opposite(b.text, cs[ci])
+                    if flipped != bool(opposite):  # both at once ("not shorter" / "longer") agree
+                        kind_ = "opposite" if opposite else "negation"
+                        best = (0.6 if supports else 0.8, kind_, *(opposite or (None, None)))
+                        supports = False
                 mismatch, kind, bspan, cspan = best
                 feats = {
                     "lex_idf": pr["lex_idf"], "context": pr["context"],
