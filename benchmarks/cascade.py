@@ -667,7 +667,7 @@ def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int
         s.query = s.query + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(s.metadata["options"])) + "\nAnswer:"
     store = FeedbackStore(workdir / f"mmlu_pref_{seed}.sqlite")
     t0 = time.perf_counter()
-    info = llm_preference_labels(gen, t_states, store, n_lists=4, list_size=demos, pool=10, seed=seed)
+    info = llm_preference_labels(gen, t_states, store, n_lists=4, list_size=demos, pool=10, template=tpl, seed=seed)
     log(f"preference labels: {info['lists']} lists in {time.perf_counter() - t0:.0f} s, mean gain {info['mean_reward']:.3f}")
     ranker = FeedbackRanker(k=max(demos, 5), use_embeddings=True, epochs=100, seed=seed)
     fit = ranker.fit(store)

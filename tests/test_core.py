@@ -8,7 +8,7 @@ import sys
 from typing import ClassVar
 
 import pytest
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 import ctxkit
 from ctxkit import BaseStage, ConfigError, ContextState, InputError, Passage, Pipeline
@@ -163,7 +163,7 @@ def test_duplicate_stage_names_are_made_unique():
 
 
 def test_state_models_are_strict():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         ContextState(query="q", unknown=1)
     s = ContextState(query="q")
     s.trace.count("parse_failures")
