@@ -36,7 +36,7 @@ costs only the feature computation.
 
 Usage:
     python benchmarks/conflicts.py --out results.json [--data ../shared/data/faithfulrag]
-        [--dev 300] [--tune] [--cache /tmp/ctxkit_conflicts_cache]
+        [--dev 300] [--tune] [--cache /tmp/ctxkit_conflicts_cache] [--misses 40]
 """
 
 from __future__ import annotations
@@ -274,6 +274,27 @@ def featurise(rows: list[dict], det: ConflictDetector, name: str) -> None:
             r["neg"], r["gold"] = _matrix(nc, len(r["neg_sents"])), _matrix(gc, len(r["gold_sents"]))
 
 
+def misses(rows: list[dict], p: dict, k: int, seed: int = 0) -> list[dict]:
+    """A seeded random sample of ``k`` pairs whose top-ranked sentence is not a target, for a
+    manual audit (question, both answers, the top sentence and the best-ranked target)."""
+    import random
+
+    out = []
+    for r in rows:
+        if not r["targets"]:
+            continue
+        s = scores(r["neg"]["x"], p)
+        top = int(np.argmax(s))
+        if top in r["targets"]:
+            continue
+        tgt = max(r["targets"], key=lambda i: s[i])
+        out.append({"id": r["id"], "question": r["question"], "gold_answer": r["gold_answer"],
+                    "neg_answer": r["neg_answer"], "top": r["neg_sents"][top],
+                    "best_target": r["neg_sents"][tgt], "targets": len(r["targets"]),
+                    "sentences": len(r["neg_sents"])})
+    return random.Random(seed).sample(out, min(k, len(out)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "faithfulrag"))
@@ -284,6 +305,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache", default=None, help="folder for an on-disk embedding cache")
     ap.add_argument("--sets", default="squad,musique", help="comma-separated: squad, musique")
+    ap.add_argument("--misses", type=int, default=0, help="store a seeded sample of N test misses per set")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "squad_kre_golden.json").exists():
@@ -333,8 +355,10 @@ def main() -> int:
         if args.tune:
             res["settings"] = {k: {"test": evaluate(test, p), "dev_recall@1": evaluate(dev, p)["recall@1"]}
                                for k, p in settings.items()}
+        if args.misses:
+            res["miss_sample"] = misses(test, default, args.misses)
         results[name] = res
-        print(name, json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1))
+        print(name, json.dumps({k: v for k, v in res.items() if k not in ("settings", "miss_sample")}, indent=1))
         if args.tune:
             for k, v in res["settings"].items():
                 print(f"  {k:32s} test r@1 {v['test']['recall@1']:.4f} r@5 {v['test']['recall@5']:.4f}"

@@ -8,6 +8,7 @@ from ctxkit import Pipeline, build_stage
 from ctxkit.errors import ConfigError, InputError
 from ctxkit.faithfulness.conflicts import (
     DEFAULT_WEIGHTS,
+    content_words,
     Belief,
     ConflictCheck,
     ConflictDetector,
@@ -16,6 +17,7 @@ from ctxkit.faithfulness.conflicts import (
     span_kind,
     split_chunks,
 )
+from ctxkit.faithfulness.conflicts import _phrases
 from ctxkit.types import ContextState, Passage
 
 
@@ -232,3 +234,44 @@ def test_idf_overlap_discounts_words_found_everywhere(detector) -> None:
     lex_idf = {c.chunk: c.info["features"]["lex_idf"] for c in ranked}
     assert lex_idf[1] > lex_idf[0] and lex_idf[1] > lex_idf[2]
     assert ranked[0].chunk == 1 and ranked[0].chunk_span == "Dutch"
+
+
+def test_capitalised_number_words_and_lists_stay_one_entity() -> None:
+    spans = extract_spans("Spain ceded Florida in 1763 after the Seven Years' War ended.")
+    assert ("Seven Years' War", "entity") in [(s.text, s.kind) for s in spans]
+    assert not any(s.kind == "number" for s in spans)
+    # a lower-case number word is still a number
+    assert [(s.text, s.kind) for s in extract_spans("He had seven sons.")] == [("seven", "number")]
+    assert content_words("γδ T cells") == {"γδ", "cell"}  # words of any script count
+
+
+def test_a_listed_value_is_matched_as_a_whole(detector) -> None:
+    belief = "What dynasties inspired the Chinese elements of Kublai's government? Tang and Song dynasties"
+    found = detector.detect([belief], "Kublai ruled from Khanbaliq. The Chinese elements of his government "
+                                      "came from the Ming, Qing, and Yuan dynasties.")
+    assert found and found[0].kind == "entity"
+    assert found[0].chunk_span == "Ming, Qing, and Yuan dynasties"
+
+
+def test_stating_the_value_needs_its_short_tokens_not_its_stop_words(detector) -> None:
+    belief = "When were Schumpeter and Angell most prolific? before World War I"
+    # "World War II" holds every long word of "World War I" but is another value
+    found = detector.detect([belief], "Schumpeter and Angell were most prolific during World War II.")
+    assert found and found[0].chunk_span == "World War II"
+    assert detector.detect([belief], "Schumpeter and Angell were most prolific before World War I.") == []
+    # a leading preposition of the answer is not part of the value
+    assert detector.detect(["Where is the lowest point of Warsaw? at the right bank of the Vistula"],
+                           "The lowest point of Warsaw is on the right bank of the Vistula.") == []
+
+
+def test_a_phrase_answer_is_compared_with_phrases(detector) -> None:
+    belief = "What carries oxygen in the body? red blood cells"
+    sentences = ["The heart pumps all day.", "In the body, oxygen is carried by the white blood cells of the lymph."]
+    ranked = detector.rank([[belief]], [sentences])[0]
+    assert ranked[0].chunk == 1 and ranked[0].flagged and ranked[0].kind == "other"
+    # a phrase, not the single word "blood" that ties with it at the similarity clip
+    assert ranked[0].chunk_span in ("blood cells", "white blood cells")
+    grams = _phrases("Oxygen is carried by the white blood cells, of the lymph.", 3)
+    assert "white blood cells" in grams and "blood cells" in grams
+    assert not any(g.split()[0] in ("is", "by", "the", "of") or g.split()[-1] in ("is", "by", "the", "of") for g in grams)
+    assert "cells of the lymph" not in grams  # phrases do not cross punctuation

@@ -14,7 +14,9 @@ How a (belief, sentence) pair is scored:
 * **mismatch**: the sentence lacks the believed value and holds a different value of the same
   type where it would go: another number, another date, or another entity / term that is
   semantically close to the believed one (a substituted value comes from the same category:
-  a country for a country, a state for a state). A flipped negation on an otherwise matching
+  a country for a country, a state for a state). Candidates are the chunk's entities, runs of
+  listed entities ("Ming, Qing, and Yuan dynasties"), its content words and, for a phrase
+  answer, its phrases of about the answer's length. A flipped negation on an otherwise matching
   sentence is a ``negation`` conflict, an opposite relation word (``before`` for ``after``,
   ``larger`` for ``smaller``, ``increased`` for ``decreased``) an ``opposite`` conflict; a
   flipped negation *and* an opposite word ("not shorter" / "longer") cancel out.
@@ -131,7 +133,7 @@ _NUM_RE = re.compile(
     re.IGNORECASE,
 )
 _IDENT = re.compile(r"^(?!\d+(?:st|nd|rd|th|s)?$)(?=[\w\-]*[A-Za-z])(?=[\w\-]*(?:\d|[a-z][A-Z]))[\w\-]{3,}$")
-_WORD_RE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ][\w'’\-]*|\d+(?:[.,]\d+)*")
+_WORD_RE = re.compile(r"[^\W\d_][\w'’\-]*|\d+(?:[.,]\d+)*")  # any script: "γδ T cells"
 
 
 def _norm(text: str) -> str:
@@ -211,6 +213,9 @@ def extract_spans(text: str) -> list[Span]:
         spans.append(Span(m.group(0), "date", m.start(), m.end()))
         taken.append((m.start(), m.end()))
     for m in _NUM_RE.finditer(text):
+        word = m.group(0)
+        if word[:1].isupper() and re.match(r"\s+[A-Z]", text[m.end():]):
+            continue  # a capitalised number word opens a name: "Seven Years' War", "Three Gorges"
         if free(m.start(), m.end()):
             spans.append(Span(m.group(0), "number", m.start(), m.end()))
             taken.append((m.start(), m.end()))
@@ -642,8 +647,15 @@ class ConflictDetector:
             topic_words = content_words(b.topic or b.text)
             if k.kind == "entity":
                 pool = [sp.text for sp in rows[qi]["spans"][ci] if sp.kind == "entity"]
+                pool += _entity_lists(chunks[qi][ci], rows[qi]["spans"][ci])
             else:
                 pool = _other_terms(chunks[qi][ci])
+                if len(content_words(k.text)) > 1:  # a phrase is substituted by a phrase
+                    pool += [
+                        t for t in _phrases(chunks[qi][ci], len(_norm(k.text).split()))
+                        if not content_words(t) & topic_words
+                    ]
+            pool = list(dict.fromkeys(pool))
             # a value named in the belief's topic is its subject, not a substitute for its value
             pool = [
                 t for t in pool
@@ -677,7 +689,7 @@ class ConflictDetector:
                             ms = np.clip((vs - 0.15) / 0.4, 0.0, 1.0)
                             if _IDENT.match(k.text):  # a code/model name replaced by another one
                                 ms = np.maximum(ms, [0.75 if _IDENT.match(t) else 0.0 for t in pool])
-                            j = int(ms.argmax())
+                            j = int(np.lexsort((-vs, -ms))[0])  # ties at the clip: most similar
                             m, span = float(ms[j]), pool[j]
                     if m > best[0]:
                         best = (m, k.kind, k.text, span)
@@ -746,13 +758,55 @@ class ConflictDetector:
             nums = _numbers(k.text)
             if nums:
                 return nums <= chunk_nums
-        norm = _norm(k.text)
-        if not norm:
+        tokens = _norm(k.text).split()
+        if not tokens:
             return True
-        if f" {norm} " in chunk_norm:
+        roman = {t for t in tokens[1:] if re.fullmatch(r"[ivxlcdm]+", t)}  # "World War I"
+        while len(tokens) > 1 and tokens[0] in _STOP:  # "at the right bank" ~ "on the right bank"
+            tokens = tokens[1:]
+        while len(tokens) > 1 and tokens[-1] in _STOP and tokens[-1] not in roman:
+            tokens = tokens[:-1]
+        if f" {' '.join(tokens)} " in chunk_norm:
             return True
+        # Paraphrased word order counts, but a short token ("World War I" vs "II", "5" vs "50")
+        # must be there as a word.
+        short = {t for t in tokens if len(t) <= 2 and t not in _STOP} | roman
         words = content_words(k.text)
-        return bool(words) and words <= chunk_words
+        return bool(words) and words <= chunk_words and short <= set(chunk_norm.split())
+
+
+def _entity_lists(text: str, spans: list[Span]) -> list[str]:
+    """Runs of entities joined by commas / "and" / "or", with a trailing head noun when there
+    is one: "Ming, Qing, and Yuan dynasties" (a listed value is substituted as a whole)."""
+    ents = [s for s in spans if s.kind == "entity"]
+    out = []
+    i = 0
+    while i < len(ents):
+        j = i
+        while j + 1 < len(ents) and re.fullmatch(r"\s*(?:,|,?\s+(?:and|or|as well as|&))\s*", text[ents[j].end:ents[j + 1].start]):
+            j += 1
+        if j > i:
+            end = ents[j].end
+            head = re.match(r"\s+([a-z]{3,}s)\b", text[end:])
+            if head and head.group(1) not in _STOP:
+                end += head.end()
+            out.append(text[ents[i].start:end])
+        i = j + 1
+    return out
+
+
+def _phrases(text: str, n_words: int) -> list[str]:
+    """Word n-grams of about ``n_words`` words (one fewer to one more, at most 6) that neither
+    start nor end with a stop word and do not cross punctuation."""
+    out = []
+    for part in re.split(r"[.,;:!?()\[\]\"]", text):
+        words = part.split()
+        for n in range(max(2, n_words - 1), min(6, n_words + 1) + 1):
+            for i in range(len(words) - n + 1):
+                g = words[i:i + n]
+                if g[0].lower() not in _STOP and g[-1].lower() not in _STOP:
+                    out.append(" ".join(g))
+    return out
 
 
 def _other_terms(text: str) -> list[str]:
