@@ -275,3 +275,11 @@ def test_a_phrase_answer_is_compared_with_phrases(detector) -> None:
     assert "white blood cells" in grams and "blood cells" in grams
     assert not any(g.split()[0] in ("is", "by", "the", "of") or g.split()[-1] in ("is", "by", "the", "of") for g in grams)
     assert "cells of the lymph" not in grams  # phrases do not cross punctuation
+
+
+def test_a_name_built_on_the_subject_is_not_a_substitute_value(detector) -> None:
+    # "Gustave Eiffel's" is close to "Paris" in embedding space, but it names the subject
+    belief = "The Eiffel Tower is located in Paris."
+    assert detector.detect([belief], "Gustave Eiffel's company designed and built the tower.") == []
+    found = detector.detect([belief], "The Eiffel Tower stands on the Champ de Mars in Lyon.")
+    assert found and (found[0].belief_span, found[0].chunk_span) == ("Paris", "Lyon")

@@ -656,11 +656,13 @@ class ConflictDetector:
                         if not content_words(t) & topic_words
                     ]
             pool = list(dict.fromkeys(pool))
-            # a value named in the belief's topic is its subject, not a substitute for its value
+            # a value named in the belief's topic is its subject, not a substitute for its value;
+            # nor is a name built on the subject's words ("Gustave Eiffel's" for "Eiffel Tower")
+            subject = topic_words - content_words(k.text)
             pool = [
                 t for t in pool
                 if f" {_norm(t)} " not in topic_norm and not content_words(t) <= topic_words
-                and _norm(t) != _norm(k.text)
+                and _norm(t) != _norm(k.text) and not (k.kind == "entity" and content_words(t) & subject)
             ]
             pools[qi, bi, ci, k.text] = pool
             for t in pool:
