@@ -36,7 +36,7 @@ costs only the feature computation.
 
 Usage:
     python benchmarks/conflicts.py --out results.json [--data ../shared/data/faithfulrag]
-        [--dev 300] [--tune] [--cache /tmp/ctxkit_conflicts_cache] [--misses 40]
+        [--dev 300] [--tune] [--cache /tmp/ctxkit_conflicts_cache] [--misses 40] [--speed 128]
 """
 
 from __future__ import annotations
@@ -275,9 +275,11 @@ def featurise(rows: list[dict], det: ConflictDetector, name: str) -> None:
 
 
 def misses(rows: list[dict], p: dict, k: int, seed: int = 0) -> list[dict]:
-    """A seeded random sample of ``k`` pairs whose top-ranked sentence is not a target, for a
-    manual audit (question, both answers, the top sentence and the best-ranked target)."""
-    import random
+    """A sample of ``k`` pairs whose top-ranked sentence is not a target, for a manual audit
+    (question, both answers, the top sentence and the best-ranked target). Pairs are taken in
+    the order of a hash of ``seed`` and their id, so a pair that stays a miss after a change
+    stays in the sample."""
+    import hashlib
 
     out = []
     for r in rows:
@@ -292,7 +294,27 @@ def misses(rows: list[dict], p: dict, k: int, seed: int = 0) -> list[dict]:
                     "neg_answer": r["neg_answer"], "top": r["neg_sents"][top],
                     "best_target": r["neg_sents"][tgt], "targets": len(r["targets"]),
                     "sentences": len(r["neg_sents"])})
-    return random.Random(seed).sample(out, min(k, len(out)))
+    return sorted(out, key=lambda m: hashlib.sha1(f"{seed}:{m['id']}".encode()).hexdigest())[:k]
+
+
+def speed(rows: list[dict], embedder, n: int, repeats: int = 2) -> dict:
+    """Seconds of ``ConflictDetector.rank`` on the negative contexts of the first ``n`` rows,
+    with and without phrase candidates, on ``embedder`` without the cache: the best of
+    ``repeats`` alternating runs of each, after one warm-up call."""
+    rows = rows[:n]
+    beliefs = [[Belief.from_answer(r["question"], r["gold_answer"])] for r in rows]
+    chunks = [r["neg_sents"] for r in rows]
+    embedder.encode(["warm up"])
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(repeats):
+        for on in (True, False):
+            d = ConflictDetector(phrase_candidates=on)
+            d._embedder = embedder
+            t = time.perf_counter()
+            d.rank(beliefs, chunks)
+            best[on] = min(best[on], time.perf_counter() - t)
+    return {"pairs": len(rows), "phrase_candidates_s": round(best[True], 2),
+            "no_phrase_candidates_s": round(best[False], 2), "ratio": round(best[True] / best[False], 2)}
 
 
 def main() -> int:
@@ -305,14 +327,17 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cache", default=None, help="folder for an on-disk embedding cache")
     ap.add_argument("--sets", default="squad,musique", help="comma-separated: squad, musique")
-    ap.add_argument("--misses", type=int, default=0, help="store a seeded sample of N test misses per set")
+    ap.add_argument("--misses", type=int, default=0, help="store N test misses per set (ordered by a hash of the pair id) for audits")
+    ap.add_argument("--speed", type=int, default=0,
+                    help="time the detector on N test pairs per set with and without phrase candidates")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "squad_kre_golden.json").exists():
         print(f"data not found at {data}: pass --data <folder with *_kre_*.json>; nothing to do.")
         return 0
     det = ConflictDetector(device=args.device)
-    emb = CachedEmbedder(det.embedder, args.cache)
+    raw = det.embedder
+    emb = CachedEmbedder(raw, args.cache)
     det._embedder = emb
     default = {"alpha": det.alpha, "mismatch_weight": det.mismatch_weight, "weights": dict(det.weights)}
     results: dict = {"config": {"dev": args.dev, "limit": args.limit, "embedder": "all-MiniLM-L6-v2",
@@ -357,6 +382,8 @@ def main() -> int:
                                for k, p in settings.items()}
         if args.misses:
             res["miss_sample"] = misses(test, default, args.misses)
+        if args.speed:
+            res["speed"] = speed(test, raw, args.speed)
         results[name] = res
         print(name, json.dumps({k: v for k, v in res.items() if k not in ("settings", "miss_sample")}, indent=1))
         if args.tune:

@@ -8,16 +8,16 @@ from ctxkit import Pipeline, build_stage
 from ctxkit.errors import ConfigError, InputError
 from ctxkit.faithfulness.conflicts import (
     DEFAULT_WEIGHTS,
-    content_words,
     Belief,
     ConflictCheck,
     ConflictDetector,
+    _phrases,
+    content_words,
     extract_spans,
     format_conflicts,
     span_kind,
     split_chunks,
 )
-from ctxkit.faithfulness.conflicts import _phrases
 from ctxkit.types import ContextState, Passage
 
 
@@ -275,6 +275,10 @@ def test_a_phrase_answer_is_compared_with_phrases(detector) -> None:
     assert "white blood cells" in grams and "blood cells" in grams
     assert not any(g.split()[0] in ("is", "by", "the", "of") or g.split()[-1] in ("is", "by", "the", "of") for g in grams)
     assert "cells of the lymph" not in grams  # phrases do not cross punctuation
+    # without phrase candidates only single words compete
+    words_only = ConflictDetector(phrase_candidates=False)
+    words_only._embedder = detector.embedder
+    assert words_only.rank([[belief]], [sentences])[0][0].chunk_span == "blood"
 
 
 def test_a_name_built_on_the_subject_is_not_a_substitute_value(detector) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PAIRS = [
     ("In what country is Normandy located?", "France", "Spain",
@@ -31,11 +28,8 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("conflicts_bench", ROOT / "benchmarks" / "conflicts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_module):
+    return bench_module("conflicts")
 
 
 def test_targets_are_the_sentences_with_the_substituted_answer(bench) -> None:
@@ -52,7 +46,7 @@ def test_benchmark_runs_and_reports_the_documented_keys(bench, tmp_path, monkeyp
         (tmp_path / f"{name}_kre_negative.json").write_text(json.dumps(neg))
     out = tmp_path / "results.json"
     monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(tmp_path), "--dev", "2", "--tune",
-                                      "--misses", "3", "--device", "cpu", "--out", str(out)])
+                                      "--misses", "3", "--speed", "2", "--device", "cpu", "--out", str(out)])
     assert bench.main() == 0
     res = json.loads(out.read_text())
     for name in ("squad", "musique"):
@@ -65,5 +59,23 @@ def test_benchmark_runs_and_reports_the_documented_keys(bench, tmp_path, monkeyp
         assert r["recall@1"] == 1.0 and r["flag_recall"] == 1.0
         assert r["pairs_flagged_golden"] == 0.0  # the golden contexts agree with the beliefs
         assert r["miss_sample"] == []
+        assert r["speed"]["pairs"] == 2 and r["speed"]["phrase_candidates_s"] > 0
         assert "library_default" in r["settings"] and "refit: all features" in r["settings"]
     assert set(res["fitted"]) >= {"alpha", "mismatch_weight", "weights"}
+
+
+def test_miss_sample_lists_pairs_whose_top_sentence_is_not_a_target(bench) -> None:
+    p = {"alpha": 1.0, "mismatch_weight": 0.0, "weights": {}}  # ranks by the first column (sim)
+    x = np.zeros((3, len(bench.BASE + bench.EXTRA)), np.float32)
+    x[:, 0] = [0.9, 0.5, 0.1]
+
+    def row(i: int, targets: set[int]) -> dict:
+        return {"id": str(i), "question": "q", "gold_answer": "g", "neg_answer": "n", "targets": targets,
+                "neg_sents": ["s0", "s1", "s2"], "neg": {"x": x}}
+
+    rows = [row(0, {0}), row(1, {1, 2}), row(2, set()), row(3, {2})]
+    sample = bench.misses(rows, p, 5)
+    assert sorted(m["id"] for m in sample) == ["1", "3"]  # a hit and a pair without target are left out
+    one = next(m for m in sample if m["id"] == "1")
+    assert (one["top"], one["best_target"], one["targets"]) == ("s0", "s1", 2)
+    assert len(bench.misses(rows, p, 1)) == 1

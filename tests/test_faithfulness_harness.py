@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def harness():
-    spec = importlib.util.spec_from_file_location("faithfulness_bench", ROOT / "benchmarks" / "faithfulness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def harness(bench_module):
+    return bench_module("faithfulness")
 
 
 def _rec(pred: str, answer: str = "Spain", golden: str | None = "France", jf: bool = False) -> dict:

@@ -406,6 +406,8 @@ class ConflictDetector:
         span_candidates: Per belief, the chunks ranked highest before the mismatch whose
             entity/term spans are embedded to measure a mismatch (the others keep
             number/date/negation checks only).
+        phrase_candidates: Compare a multi-word, non-entity answer with the chunk's phrases of
+            about its length as well as its single words (better spans; costs encoder time).
         weights: Weights of the extra ranking features (keys of ``DEFAULT_WEIGHTS``); given
             keys override the defaults.
 
@@ -427,6 +429,7 @@ class ConflictDetector:
         min_relevance: float = 0.35,
         batch_size: int = 128,
         span_candidates: int = 8,
+        phrase_candidates: bool = True,
         weights: dict[str, float] | None = None,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
@@ -441,6 +444,7 @@ class ConflictDetector:
         self.min_relevance = min_relevance
         self.batch_size = batch_size
         self.span_candidates = span_candidates
+        self.phrase_candidates = phrase_candidates
         w = {**DEFAULT_WEIGHTS, **(weights or {})}
         unknown = set(w) - set(DEFAULT_WEIGHTS)
         if unknown:
@@ -645,25 +649,30 @@ class ConflictDetector:
             b = beliefs[qi][bi]
             topic_norm = f" {_norm(b.topic or b.text)} "
             topic_words = content_words(b.topic or b.text)
+            phrases: set[str] = set()
             if k.kind == "entity":
                 pool = [sp.text for sp in rows[qi]["spans"][ci] if sp.kind == "entity"]
                 pool += _entity_lists(chunks[qi][ci], rows[qi]["spans"][ci])
             else:
                 pool = _other_terms(chunks[qi][ci])
-                if len(content_words(k.text)) > 1:  # a phrase is substituted by a phrase
-                    pool += [
-                        t for t in _phrases(chunks[qi][ci], len(_norm(k.text).split()))
-                        if not content_words(t) & topic_words
-                    ]
-            pool = list(dict.fromkeys(pool))
-            # a value named in the belief's topic is its subject, not a substitute for its value;
-            # nor is a name built on the subject's words ("Gustave Eiffel's" for "Eiffel Tower")
+                if self.phrase_candidates and len(content_words(k.text)) > 1:  # a phrase for a phrase
+                    found = _phrases(chunks[qi][ci], len(_norm(k.text).split()))
+                    phrases = set(found)
+                    pool += found
+            # A value named in the belief's topic is its subject, not a substitute for its value;
+            # nor is a name or phrase built on the subject's words ("Gustave Eiffel's" for a
+            # belief about the Eiffel Tower).
             subject = topic_words - content_words(k.text)
-            pool = [
-                t for t in pool
-                if f" {_norm(t)} " not in topic_norm and not content_words(t) <= topic_words
-                and _norm(t) != _norm(k.text) and not (k.kind == "entity" and content_words(t) & subject)
-            ]
+            key_norm = _norm(k.text)
+            kept = []
+            for t in dict.fromkeys(pool):
+                words, norm = content_words(t), _norm(t)
+                if f" {norm} " in topic_norm or words <= topic_words or norm == key_norm:
+                    continue
+                if (k.kind == "entity" or t in phrases) and words & subject:
+                    continue
+                kept.append(t)
+            pool = kept
             pools[qi, bi, ci, k.text] = pool
             for t in pool:
                 idx(t)
