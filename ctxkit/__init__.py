@@ -6,8 +6,9 @@ only by the stages that need them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -43,9 +44,9 @@ _LAZY = {
     "StageRecord": "ctxkit.types",
     "Conflict": "ctxkit.types",
     "load_pipeline": "ctxkit.config",
-    "build_stage": "ctxkit.config",
-    "register_stage": "ctxkit.config",
-    "available_stages": "ctxkit.config",
+    "build_stage": "ctxkit.registry",
+    "register_stage": "ctxkit.registry",
+    "available_stages": "ctxkit.registry",
     "CtxkitError": "ctxkit.errors",
     "ConfigError": "ctxkit.errors",
     "InputError": "ctxkit.errors",
@@ -55,7 +56,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .config import available_stages, build_stage, load_pipeline, register_stage
+    from .config import load_pipeline
     from .errors import (
         ConfigError,
         CtxkitError,
@@ -65,16 +66,8 @@ if TYPE_CHECKING:
         ModelNotAvailableError,
     )
     from .pipeline import BaseStage, Pipeline, Stage
+    from .registry import available_stages, build_stage, register_stage
     from .types import Conflict, ContextState, Passage, StageRecord, Trace
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ctxkit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "CtxkitError",
     "ConfigError",
@@ -9,6 +14,7 @@ __all__ = [
     "MissingDependencyError",
     "IndexNotFoundError",
     "InputError",
+    "format_validation_error",
 ]
 
 
@@ -34,3 +40,16 @@ class MissingDependencyError(CtxkitError, ImportError):
 
 class IndexNotFoundError(CtxkitError, FileNotFoundError):
     """An index path does not exist or holds no ctxkit index."""
+
+
+def format_validation_error(owner: str, exc: ValidationError) -> str:
+    """One line per wrong field of a pydantic :class:`~pydantic.ValidationError`, for a
+    :class:`ConfigError` about the settings of ``owner`` (a stage or component name)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<settings>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r}")
+        else:
+            parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid settings for stage {owner}: " + "; ".join(parts)

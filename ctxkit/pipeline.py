@@ -10,7 +10,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, format_validation_error
+from .registry import build_stage, builtin_name, stage_type_name
 from .types import ContextState, Passage, StageRecord
 
 __all__ = ["Stage", "BaseStage", "Pipeline"]
@@ -45,7 +46,8 @@ class BaseStage(BaseModel):
     raises :class:`~ctxkit.errors.ConfigError` naming the stage and the field.
 
     Class attributes:
-        stage_type: Name under which the stage is registered in config files.
+        stage_type: Name of a stage published by another package (entry-point group
+            ``ctxkit.stages``); built-in stages are named in :mod:`ctxkit.registry`.
         nested_stage_fields: Fields that hold other stages (built from config dicts recursively).
     """
 
@@ -62,7 +64,7 @@ class BaseStage(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(_format_validation_error(type(self).__name__, exc)) from None
+            raise ConfigError(format_validation_error(type(self).__name__, exc)) from None
         if not self.name:
             object.__setattr__(self, "name", self.default_name())
         self._warm = False
@@ -71,8 +73,6 @@ class BaseStage(BaseModel):
     @classmethod
     def _build_nested(cls, data: Any) -> Any:
         if isinstance(data, dict) and cls.nested_stage_fields:
-            from .config import build_stage
-
             data = dict(data)
             for field in cls.nested_stage_fields:
                 value = data.get(field)
@@ -85,7 +85,7 @@ class BaseStage(BaseModel):
     @classmethod
     def default_name(cls) -> str:
         """Default stage name: the registered type, or the snake-cased class name."""
-        return cls.stage_type or _snake(cls.__name__)
+        return builtin_name(cls) or cls.stage_type or _snake(cls.__name__)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -117,8 +117,6 @@ class BaseStage(BaseModel):
     # -- serialisation ---------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         """A dict that :func:`ctxkit.build_stage` turns back into an equal stage."""
-        from .config import stage_type_name
-
         out: dict[str, Any] = {"type": stage_type_name(type(self))}
         for field in type(self).model_fields:
             value = getattr(self, field)
@@ -144,17 +142,6 @@ def _dump(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _dump(v) for k, v in value.items()}
     return value
-
-
-def _format_validation_error(stage: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<settings>"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown field {loc!r}")
-        else:
-            parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid settings for stage {stage}: " + "; ".join(parts)
 
 
 class Pipeline:

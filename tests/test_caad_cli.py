@@ -8,7 +8,7 @@ import pytest
 
 from ctxkit.cli import main
 from ctxkit.errors import InputError
-from ctxkit.faithfulness.caad_cli import read_examples
+from ctxkit.cli.caad import read_examples
 
 
 def test_build_then_answer(tiny_llm_dir, tmp_path, capsys, minilm):

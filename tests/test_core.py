@@ -148,10 +148,10 @@ def test_bad_pipeline_configs(tmp_path):
 def test_entry_point_stage_is_found(monkeypatch):
     from importlib.metadata import EntryPoint
 
-    from ctxkit import config
+    from ctxkit import registry
 
-    ep = EntryPoint(name="plugin_toy", value=f"{__name__}:ToyRetriever", group=config.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(config, "_entry_points", lambda: {"plugin_toy": ep})
+    ep = EntryPoint(name="plugin_toy", value=f"{__name__}:ToyRetriever", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "_entry_points", lambda: {"plugin_toy": ep})
     stage = build_stage({"type": "plugin_toy", "k": 2})
     assert isinstance(stage, ToyRetriever) and stage.k == 2
 
@@ -179,7 +179,7 @@ def test_public_api_all_is_complete():
 
 def test_import_ctxkit_is_light():
     code = (
-        "import sys, ctxkit, ctxkit.pipeline, ctxkit.config, ctxkit.types, ctxkit.models, ctxkit.retrievers,"
+        "import sys, ctxkit, ctxkit.pipeline, ctxkit.config, ctxkit.registry, ctxkit.cli, ctxkit.types, ctxkit.models, ctxkit.retrievers,"
         " ctxkit.rankers, ctxkit.faithfulness, ctxkit.llm, ctxkit.integrations;"
         "ctxkit.Pipeline; ctxkit.load_pipeline;"
         "heavy=[m for m in ('torch','transformers','chromadb','langchain_core','llama_index','sentence_transformers','bm25s') if m in sys.modules];"

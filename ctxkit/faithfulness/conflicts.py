@@ -861,7 +861,6 @@ class ConflictCheck(BaseStage):
         'date'
     """
 
-    stage_type = "conflict_check"
 
     beliefs: list[str | dict[str, Any]] = Field(default_factory=list)
     beliefs_from: Literal["auto", "setting", "metadata", "facts"] = "auto"

@@ -24,6 +24,7 @@ from typing import Any
 
 from .._lazy import require
 from ..errors import ConfigError, InputError
+from ..llm.base import CONTEXT_CLOSE, CONTEXT_OPEN
 from ._steps import StepTracker
 
 __all__ = ["AdaCADLogitsProcessor", "CADLogitsProcessor", "cad_combine", "js_divergence"]
@@ -80,7 +81,7 @@ class CADLogitsProcessor:
         tokenizer: Any = None,
         *,
         alpha: float = 0.5,
-        context_markers: tuple[str, str] = ("<context>", "</context>"),
+        context_markers: tuple[str, str] = (CONTEXT_OPEN, CONTEXT_CLOSE),
         adaptive: bool = False,
         record_stats: bool = True,
     ) -> None:

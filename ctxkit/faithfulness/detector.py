@@ -31,6 +31,7 @@ import numpy as np
 
 from .._lazy import require
 from ..errors import InputError, ModelNotAvailableError
+from ..llm.base import CONTEXT_SLOT
 
 __all__ = [
     "DEFAULT_HEAD",
@@ -430,7 +431,8 @@ IDENTIFY_TEMPLATE = (
     "Some of the numbered context items below may be inappropriate: false or misleading claims, "
     "hateful content, or private personal information. Decide which items are inappropriate and "
     "which can be used to answer the question.\n\n"
-    "<context>\n{context}\n</context>\n\n"
+    + CONTEXT_SLOT
+    + "\n\n"
     "Question: {question}\n"
     "Reply in the form: inappropriate: <item numbers or none>; use: <item numbers>"
 )

@@ -124,7 +124,6 @@ def _list_items(state: ContextState, text: str | None) -> list[str]:
 class SelfKnowledge(_GeneratorStage):
     """Step 1: ask the model which facts it needs (``state.metadata["self_knowledge"]``)."""
 
-    stage_type = "self_knowledge"
 
     def run(self, states: list[ContextState]) -> list[ContextState]:
         texts = self._generate(states, [knowledge_prompt(s.query) for s in states], "knowledge")
@@ -136,7 +135,6 @@ class SelfKnowledge(_GeneratorStage):
 class SelfContext(_GeneratorStage):
     """Step 2: the model writes a background passage (``state.metadata["self_context"]``)."""
 
-    stage_type = "self_context"
 
     def run(self, states: list[ContextState]) -> list[ContextState]:
         # an item whose knowledge step failed (None) is skipped, not sent again
@@ -156,7 +154,6 @@ class FactExtraction(_GeneratorStage):
     Without a self-context (step 2 not run or failed) the step uses the self-knowledge items.
     """
 
-    stage_type = "fact_extraction"
 
     def run(self, states: list[ContextState]) -> list[ContextState]:
         todo = [s for s in states if (s.metadata.get("self_context") or "").strip()]
@@ -173,7 +170,6 @@ class FactExtraction(_GeneratorStage):
 class SelfFacts(_GeneratorStage):
     """Steps 1-3 in one stage (three batched generator calls in total for the whole batch)."""
 
-    stage_type = "self_facts"
 
     def warm_up(self) -> None:
         super().warm_up()
@@ -200,7 +196,6 @@ class FactAligner(BaseStage):
     (``[{"text", "passage_id", "score"}]``) and, with ``detect_conflicts``, ``state.conflicts``.
     """
 
-    stage_type = "fact_aligner"
 
     embedder: str = "default"
     device: str = "auto"
@@ -310,7 +305,6 @@ class SelfThinkAnswer(_GeneratorStage):
     from an ``"answer"`` field or ``Answer:`` line, never the whole raw text when those exist.
     """
 
-    stage_type = "self_think_answer"
 
     mode: Literal["direct", "cot", "scheduled_cot"] = "scheduled_cot"
     use_aligned: bool = True
@@ -375,7 +369,6 @@ class FaithfulRAG(_GeneratorStage):
         >>> pipe = Pipeline([my_retriever, stage]); pipe.run("Who discovered penicillin?").answer
     """
 
-    stage_type = "faithful_rag"
 
     beliefs: Literal["model", "trusted"] = "model"
     mode: Literal["direct", "cot", "scheduled_cot"] = "scheduled_cot"

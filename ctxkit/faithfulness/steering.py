@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr, field_validator
@@ -42,7 +42,6 @@ class SteeringFilter(BaseStage):
         embedder: Embedder for the default / path detectors.
     """
 
-    stage_type: ClassVar[str] = "rw_steering"
 
     detector: Any = "default"
     action: Literal["remove", "demote", "annotate"] = "remove"

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
+from ..llm.base import CONTEXT_SLOT
 from .detector import format_items
 from .testbed import TestbedItem
 
@@ -44,7 +45,8 @@ __all__ = [
 
 ANSWER_TEMPLATE = (
     "Answer the question using the numbered context items.\n\n"
-    "<context>\n{context}\n</context>\n\n"
+    + CONTEXT_SLOT
+    + "\n\n"
     "Question: {question}\nAnswer in one or two sentences."
 )
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, format_validation_error
 from ..llm.base import Message, SamplingSettings
 from ..types import ContextState, Passage
 
@@ -46,12 +46,10 @@ class ValidatedInit:
     def __init__(self, **data: Any) -> None:
         from pydantic import ValidationError
 
-        from ..pipeline import _format_validation_error
-
         try:
             super().__init__(**data)  # type: ignore[call-arg]
         except ValidationError as exc:
-            raise ConfigError(_format_validation_error(type(self).__name__, exc)) from None
+            raise ConfigError(format_validation_error(type(self).__name__, exc)) from None
 
 
 def check_k(k: Any, error: type[Exception] = InputError) -> int | None:

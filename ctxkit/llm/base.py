@@ -12,7 +12,23 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Generation", "Generator", "Message", "Messages", "SamplingSettings", "as_messages"]
+__all__ = [
+    "CONTEXT_CLOSE",
+    "CONTEXT_OPEN",
+    "CONTEXT_SLOT",
+    "Generation",
+    "Generator",
+    "Message",
+    "Messages",
+    "SamplingSettings",
+    "as_messages",
+]
+
+CONTEXT_OPEN = "<context>"
+CONTEXT_CLOSE = "</context>"
+CONTEXT_SLOT = f"{CONTEXT_OPEN}\n{{context}}\n{CONTEXT_CLOSE}"
+"""The ``{context}`` slot of prompt templates: a token budget shortens only what lies between the
+markers (never the instructions or the question), and CAD drops the whole block."""
 
 Role = Literal["system", "user", "assistant"]
 

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator
 
 from ..errors import ConfigError
 from ..pipeline import BaseStage
 from ..types import ContextState, Passage
-from .base import Generation, Message, SamplingSettings
+from .base import CONTEXT_CLOSE, CONTEXT_SLOT, Generation, Message, SamplingSettings
 
 __all__ = ["DEFAULT_PASSAGE_FORMAT", "DEFAULT_TEMPLATE", "GenerateAnswer", "conflict_section"]
 
 DEFAULT_TEMPLATE = (
     "Answer the question using only the numbered context passages. If they do not contain the "
     "answer, say that you don't know. Answer briefly.\n\n"
-    "<context>\n{context}\n</context>\n\n"
+    + CONTEXT_SLOT
+    + "\n\n"
     "{conflicts}Question: {question}\nAnswer:"
 )
 DEFAULT_PASSAGE_FORMAT = "[{i}] {text}"
@@ -161,7 +162,6 @@ class GenerateAnswer(GeneratorStage):
     failure, with the error in ``trace.errors`` and the counter ``generation_errors``).
     """
 
-    stage_type: ClassVar[str] = "generate"
 
     template: str = DEFAULT_TEMPLATE
     passage_format: str = DEFAULT_PASSAGE_FORMAT
@@ -213,9 +213,9 @@ class GenerateAnswer(GeneratorStage):
             question=state.query, context=context, n=len(passages), conflicts=f"{section}\n\n" if section and slot else ""
         )
         if section and not slot:
-            close = user.rfind("</context>")
+            close = user.rfind(CONTEXT_CLOSE)
             if close >= 0:
-                cut = close + len("</context>")
+                cut = close + len(CONTEXT_CLOSE)
                 user = f"{user[:cut]}\n\n{section}{user[cut:]}"
             else:
                 user = f"{section}\n\n{user}"

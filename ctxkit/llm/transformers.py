@@ -13,7 +13,6 @@ from the end of the last block backwards.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import logging
 import math
@@ -28,14 +27,20 @@ from typing import Any, Literal
 
 from .._lazy import require
 from ..errors import ConfigError, InputError
-from .base import BaseGenerator, Generation, Message, SamplingSettings, as_messages
+from .base import (
+    CONTEXT_CLOSE,
+    CONTEXT_OPEN,
+    BaseGenerator,
+    Generation,
+    Message,
+    SamplingSettings,
+    as_messages,
+)
 
 __all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "ROW_PREFILL_MIN_TOKENS", "TransformersGenerator", "model_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-CONTEXT_OPEN = "<context>"
-CONTEXT_CLOSE = "</context>"
 ROW_PREFILL_MIN_TOKENS = 256
 """``prefill="auto"`` reads prompts one row at a time on a CPU from this prompt length on."""
 

@@ -7,8 +7,9 @@ is imported lazily: ``import ctxkit.rankers`` loads neither torch nor sentence-t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 __all__ = [
     "BiEncoderPreRanker",
@@ -54,18 +55,17 @@ if TYPE_CHECKING:
     from .aggregate import ReasonAggregate, parse_answer
     from .arrange import Arranger, arrange_order
     from .cascade import build_cascade, cascade_demo
-    from .feedback import DEFAULT_LABELS, FeedbackStore, ShownList, UnknownEventError, UnknownListError
+    from .feedback import (
+        DEFAULT_LABELS,
+        FeedbackStore,
+        ShownList,
+        UnknownEventError,
+        UnknownListError,
+    )
     from .listwise import FeedbackRanker
     from .preference import PreferenceTemplate, llm_preference_labels
     from .prerank import BiEncoderPreRanker, CrossEncoderPreRanker
     from .record import RecordFeedback
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ctxkit.rankers' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 import string
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
-from ..llm.base import Message, SamplingSettings
+from ..llm.base import CONTEXT_SLOT, Message, SamplingSettings
 from ..llm.stage import GeneratorStage
 from ..types import ContextState, Passage
 
@@ -22,7 +22,9 @@ __all__ = ["ReasonAggregate", "parse_answer", "normalize_answer", "DEFAULT_COT_T
 
 DEFAULT_COT_TEMPLATE = (
     "Use the context to answer the question. Think step by step, then write the final answer on "
-    "its own line as 'Answer: <answer>'.\n\n<context>\n{context}\n</context>\n\n"
+    "its own line as 'Answer: <answer>'.\n\n"
+    + CONTEXT_SLOT
+    + "\n\n"
     "Question: {question}{options}"
 )
 _LETTERS = "ABCDEFGHIJ"
@@ -88,7 +90,6 @@ class ReasonAggregate(GeneratorStage):
     ``metadata["paths"]``; unparseable paths count in ``trace.counters["parse_failures"]``.
     """
 
-    stage_type: ClassVar[str] = "reason_aggregate"
 
     n_paths: int = Field(5, ge=1, le=64)
     items_per_path: int | None = Field(None, ge=1)

@@ -7,7 +7,7 @@ items and decides their order in the prompt.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -70,7 +70,6 @@ class Arranger(BaseStage):
     strategy under ``"arrangement"``.
     """
 
-    stage_type: ClassVar[str] = "arrange"
 
     strategy: Strategy = "as_ranked"
     k: int | None = Field(None, gt=0)

@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, PrivateAttr
@@ -119,7 +119,6 @@ class FeedbackRanker(BaseStage):
         seed: Seed of initialisation and training (same seed, same data: identical weights).
     """
 
-    stage_type: ClassVar[str] = "feedback_ranker"
 
     k: int | None = Field(10, gt=0)
     store: str | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -114,7 +114,6 @@ class BiEncoderPreRanker(BaseStage):
             candidate is scored by its cosine with it (``keep_previous`` then fuses as usual).
     """
 
-    stage_type: ClassVar[str] = "bi_encoder"
 
     model: str = "default"
     k: int | None = Field(50, gt=0)
@@ -169,7 +168,6 @@ class CrossEncoderPreRanker(BaseStage):
         show_progress: Show a progress bar for long batches.
     """
 
-    stage_type: ClassVar[str] = "cross_encoder"
 
     model: str
     k: int | None = Field(20, gt=0)

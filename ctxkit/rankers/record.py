@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import PrivateAttr
 
 from ..pipeline import BaseStage
@@ -25,7 +23,6 @@ class RecordFeedback(BaseStage):
         source: Tag stored with the lists.
     """
 
-    stage_type: ClassVar[str] = "record_feedback"
 
     store: str = "ctxkit_feedback.sqlite"
     labels: dict[str, float] | None = None

@@ -74,7 +74,6 @@ class BM25Retriever(BaseRetriever):
         >>> [p.id for p in bm25.retrieve(["who discovered penicillin"])[0]]
     """
 
-    stage_type: ClassVar[str] = "bm25"
     score_floor: ClassVar[float | None] = 0.0
     kind: ClassVar[str] = "lexical"
 

@@ -57,7 +57,6 @@ class ChromaRetriever(BaseRetriever):
         >>> server = ChromaRetriever(host="127.0.0.1", port=8000, collection="ctxkit")
     """
 
-    stage_type: ClassVar[str] = "chroma"
     score_floor: ClassVar[float | None] = -1.0
     kind: ClassVar[str] = "dense"
 

@@ -155,7 +155,6 @@ class HybridRetriever(BaseRetriever):
         >>> state = ctxkit.Pipeline([hybrid]).run("who discovered penicillin?")
     """
 
-    stage_type: ClassVar[str] = "hybrid"
     nested_stage_fields: ClassVar[tuple[str, ...]] = ("retrievers",)
 
     retrievers: list[Any]

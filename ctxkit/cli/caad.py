@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ctxkit.errors import InputError
 
 __all__ = ["add_commands", "read_examples"]
 
@@ -67,8 +67,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _build(args: Any) -> int:
-    from ..llm.transformers import TransformersGenerator
-    from .caad import GroundingSpace
+    from ctxkit.faithfulness.caad import GroundingSpace
+    from ctxkit.llm.transformers import TransformersGenerator
 
     examples = read_examples(args.examples)[: args.limit]
     gen = TransformersGenerator(args.model, device=args.device)
@@ -80,8 +80,8 @@ def _build(args: Any) -> int:
 
 
 def _answer(args: Any) -> int:
-    from ..llm.transformers import TransformersGenerator
-    from .caad import CAADLogitsProcessor, GroundingSpace
+    from ctxkit.faithfulness.caad import CAADLogitsProcessor, GroundingSpace
+    from ctxkit.llm.transformers import TransformersGenerator
 
     manifest = json.loads((Path(args.space) / "manifest.json").read_text()) if (
         Path(args.space) / "manifest.json").is_file() else {}

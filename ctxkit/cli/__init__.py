@@ -1,9 +1,11 @@
 """The ``ctxkit`` command line.
 
-Each feature area contributes its sub-commands from its own module (listed in
-``_COMMAND_MODULES``), through a function ``add_commands(subparsers)`` that registers parsers
-whose ``func(args) -> int`` runs the command. Modules imported here must stay light at import
-time (heavy imports inside the command functions).
+Every ``ctxkit <command>`` lives in this package, one module per command group (listed in
+``_COMMAND_MODULES``): ``quickstart`` (the offline tour), ``index`` (ingest, query), ``llm``
+(serve), ``steering`` (rw-testbed, rw-fit, rw-susceptibility, rw-detect, steer-train), ``caad``
+(caad-build, caad-answer) and ``conflicts``. Each module has ``add_commands(subparsers)``, which
+registers parsers whose ``func(args) -> int`` runs the command. Modules stay light at import time
+(heavy imports inside the command functions).
 """
 
 from __future__ import annotations
@@ -14,23 +16,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .errors import CtxkitError
+from ctxkit.errors import CtxkitError
 
 __all__ = ["main", "build_parser"]
 
 _COMMAND_MODULES = [
-    "ctxkit.quickstart",
-    "ctxkit.retrievers.cli",
-    "ctxkit.llm.cli",
-    "ctxkit.faithfulness.cli",
-    "ctxkit.faithfulness.caad_cli",
-    "ctxkit.faithfulness.conflicts_cli",
+    "ctxkit.cli.quickstart",
+    "ctxkit.cli.index",
+    "ctxkit.cli.llm",
+    "ctxkit.cli.steering",
+    "ctxkit.cli.caad",
+    "ctxkit.cli.conflicts",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered sub-command."""
-    from . import __version__
+    from ctxkit import __version__
 
     parser = argparse.ArgumentParser(
         prog="ctxkit", description="Context engineering for retrieval-augmented generation."
@@ -63,6 +65,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

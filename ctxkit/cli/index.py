@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ctxkit.errors import InputError
 
 __all__ = ["RETRIEVERS", "add_commands", "dedupe_documents", "make_retriever"]
 
@@ -61,8 +61,8 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .index import Index, ingest
-    from .loaders import iter_files
+    from ctxkit.retrievers.index import Index, ingest
+    from ctxkit.retrievers.loaders import iter_files
 
     files = list(iter_files(args.paths))  # raises InputError on a missing path
     settings: dict[str, Any] = {
@@ -94,10 +94,10 @@ def make_retriever(
         IndexNotFoundError: ``index`` holds no ctxkit index.
         InputError: unknown ``kind``.
     """
-    from .bm25 import BM25Retriever
-    from .chroma import ChromaRetriever
-    from .hybrid import HybridRetriever
-    from .index import Index
+    from ctxkit.retrievers.bm25 import BM25Retriever
+    from ctxkit.retrievers.chroma import ChromaRetriever
+    from ctxkit.retrievers.hybrid import HybridRetriever
+    from ctxkit.retrievers.index import Index
 
     Index.open(index)  # a clear error before any model loads
     chroma_kw: dict[str, Any] = {"path": index, "device": device}

@@ -30,8 +30,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
-    from .transformers import TransformersGenerator
+    from ctxkit.llm.server import serve
+    from ctxkit.llm.transformers import TransformersGenerator
 
     gen = TransformersGenerator(
         args.model,

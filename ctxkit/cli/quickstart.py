@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ctxkit.errors import InputError
 
 __all__ = ["add_commands", "run_quickstart", "QUESTIONS", "TRUSTED_BELIEFS", "PLANTED_NOTES"]
 
@@ -67,7 +67,7 @@ def _find_docs(arg: str | None) -> Path:
     if arg:
         path = Path(arg)
     else:
-        path = Path(__file__).resolve().parents[1] / "docs"
+        path = Path(__file__).resolve().parents[2] / "docs"
     if not path.is_dir():
         raise InputError(
             f"docs folder {str(path)!r} not found; pass --docs PATH (any folder of .md/.txt files)"
@@ -81,11 +81,11 @@ def _fmt_scores(scores: dict[str, float]) -> str:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     """Run the tour; returns the exit status."""
-    from .faithfulness import ConflictCheck, SteeringFilter
-    from .pipeline import Pipeline
-    from .types import ContextState
-    from .rankers import build_cascade
-    from .retrievers import ingest
+    from ctxkit.faithfulness import ConflictCheck, SteeringFilter
+    from ctxkit.pipeline import Pipeline
+    from ctxkit.rankers import build_cascade
+    from ctxkit.retrievers import ingest
+    from ctxkit.types import ContextState
 
     docs = _find_docs(args.docs)
     work = Path(tempfile.mkdtemp(prefix="ctxkit-quickstart-"))
@@ -153,8 +153,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _answer(states: list[Any], max_new_tokens: int) -> None:
-    from .faithfulness.caad import quickstart_space
-    from .llm import TransformersGenerator
+    from ctxkit.faithfulness.caad import quickstart_space
+    from ctxkit.llm import TransformersGenerator
 
     print("\n== 3. answering with SmolLM2-135M-Instruct (offline) + CAAD logit shaping")
     gen = TransformersGenerator(

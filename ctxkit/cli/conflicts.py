@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import InputError
+from ctxkit.errors import InputError
 
 __all__ = ["add_commands"]
 
@@ -26,8 +26,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..types import Passage
-    from .conflicts import ConflictDetector, demo_conflicts
+    from ctxkit.faithfulness.conflicts import ConflictDetector, demo_conflicts
+    from ctxkit.types import Passage
 
     if args.demo:
         demo_conflicts()
