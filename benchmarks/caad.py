@@ -21,6 +21,7 @@ method transforms those logits:
 Usage::
 
     python benchmarks/caad.py --model default --out results.json
+    python benchmarks/caad.py --model default --device cuda --n-eval 400 --out results.json   # GPU
 """
 
 from __future__ import annotations
@@ -30,22 +31,18 @@ import copy
 import inspect
 import json
 import math
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-DEFAULT_DATA = "../shared/data/truthfulqa"
+from _common import data_missing, data_path, machine, write_json
 
 
 def load_questions(data: Path) -> list[dict]:
     path = data / "mc_task.json"
     if not path.is_file():
-        print(f"TruthfulQA data not found at {path} (pass --data DIR); nothing to do.", file=sys.stderr)
+        data_missing("caad", path, needs="TruthfulQA mc_task.json")
         sys.exit(2)
     return json.loads(path.read_text())
 
@@ -57,7 +54,7 @@ def best_answer(item: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--data", default=str(ROOT / DEFAULT_DATA))
+    ap.add_argument("--data", default=str(data_path("truthfulqa")))
     ap.add_argument("--n-eval", type=int, default=150, help="evaluation questions (slice after the pool)")
     ap.add_argument("--pool", type=int, default=100, help="grounding pool size (disjoint from eval)")
     ap.add_argument("--grounding", default="10,100", help="CAAD grounding sizes (comma-separated)")
@@ -66,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cad-alpha", type=float, default=0.5)
     ap.add_argument("--no-fewshot", action="store_true", help="skip few-shot / CAD / AdaCAD")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave)")
     ap.add_argument("--out", default="results.json")
     args = ap.parse_args(argv)
@@ -74,9 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from ctxkit.faithfulness.caad import CAADLogitsProcessor, GroundingSpace, WindowEncoder
-    from ctxkit.faithfulness.decoding import cad_combine
-    from ctxkit.llm.transformers import TransformersGenerator
+    from ctxkit.faithfulness.decoding import (
+        CAADLogitsProcessor,
+        GroundingSpace,
+        WindowEncoder,
+        cad_combine,
+    )
+    from ctxkit.llm import TransformersGenerator
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         return logits[torch.tensor(rows, device=dev), torch.tensor(pos, device=dev)].float()
 
     te = time.time()
+    host = machine()
 
     def report(done: int, final: bool) -> dict:
         res = {
@@ -174,9 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
             "build_seconds": build_s,
             "eval_seconds": round(time.time() - te, 1),
             "total_seconds": round(time.time() - t0, 1),
-            "machine": f"{platform.machine()} CPU, torch threads={torch.get_num_threads()}",
+            "machine": host,
         }
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        write_json(args.out, res)
         return res
 
     for qi, item in enumerate(tqdm(evals, desc="TruthfulQA", unit="q")):

@@ -9,13 +9,17 @@ keys and top-k logits up to the target size: speed depends on the size, not on t
 The reference approach (no KV cache: the whole sequence is recomputed every step, with the same
 CAAD processor) is timed as a peer figure.
 
-This script imports no pydantic-dependent module, so it also runs where only torch,
-transformers, sentence-transformers and safetensors are installed (see ``gpu_caad_speed.py``).
+``--random-weights`` uses random weights of the SmolLM2-135M and all-MiniLM-L6-v2 architectures
+(speed does not depend on the values; with a random embedder every entry matches, so the figure
+is an upper bound on the search cost); only the two tokenizers are needed, exported once on a
+machine that has the packaged models (``--export-assets``, ~4 MB) for a machine that lacks them.
 
 Usage::
 
     python benchmarks/caad_speed.py --out results.json              # CPU, real SmolLM2 + MiniLM
-    python benchmarks/caad_speed.py --device cuda --random-weights --assets DIR --out r.json
+    python benchmarks/caad_speed.py --export-assets benchmarks/_caad_assets
+    python benchmarks/caad_speed.py --device cuda --random-weights --assets benchmarks/_caad_assets \
+        --dtype bfloat16 --new-tokens 64 --repeats 5 --reference-tokens 32 --out results.json   # GPU
 """
 
 from __future__ import annotations
@@ -27,13 +31,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import machine, write_json
 
 # SmolLM2-135M-Instruct's architecture (for --random-weights when its files are not at hand).
 SMOLLM2 = {
@@ -97,7 +99,7 @@ def load_llm(args):
 
 
 def load_encoder(args):
-    from ctxkit.faithfulness.caad import WindowEncoder
+    from ctxkit.faithfulness.decoding import WindowEncoder
 
     if not args.random_weights:
         return WindowEncoder("default", device=args.device)
@@ -141,7 +143,7 @@ def breakdown(args, model, tok, encoder, base, sizes, sync) -> dict:
     """Milliseconds per decoding step of the processor's parts, without the LLM."""
     import torch
 
-    from ctxkit.faithfulness.caad import GroundingSpace, window_texts
+    from ctxkit.faithfulness.decoding import GroundingSpace, window_texts
 
     def med(fn, reps: int = 15) -> float:
         fn()
@@ -190,14 +192,15 @@ def breakdown(args, model, tok, encoder, base, sizes, sync) -> dict:
     res = {"benchmark": "caad_speed_breakdown", "per_step": out,
            "settings": {"device": args.device, "storage": args.storage, "top_k": args.top_k,
                         "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights}}
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    res["machine"] = machine()
+    write_json(args.out, res)
     return res
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--batches", default="1,8")
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import transformers as tf
 
-    from ctxkit.faithfulness.caad import QUICKSTART_EXAMPLES, CAADLogitsProcessor, GroundingSpace
+    from ctxkit.cli.demos import QUICKSTART_EXAMPLES
+    from ctxkit.faithfulness.decoding import CAADLogitsProcessor, GroundingSpace
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -341,8 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights,
                      "prefetch": args.prefetch, "cpu_count": os.cpu_count(),
                      "space": f"{len(base)} real entries (quickstart Q/A) + synthetic random keys/top-k logits"},
+        "machine": machine(),
     }
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
     print(json.dumps({k: res[k] for k in ("overhead", "reference_nocache")}, indent=2))
     return res
 

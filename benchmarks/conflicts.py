@@ -46,19 +46,17 @@ import glob
 import json
 import os
 import pickle
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import data_missing, data_path, machine, write_json
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ctxkit.faithfulness.conflicts import DEFAULT_WEIGHTS, Belief, ConflictDetector, _norm  # noqa: E402
-from ctxkit.faithfulness.parsing import clean_field  # noqa: E402
-from ctxkit.retrievers.chunking import split_sentences  # noqa: E402
+from ctxkit.faithfulness.conflicts import DEFAULT_WEIGHTS, Belief, ConflictDetector
+from ctxkit.faithfulness.conflicts.text import _norm
+from ctxkit.faithfulness.faithfulrag import clean_field
+from ctxkit.retrievers import split_sentences
 
 EXTRA = list(DEFAULT_WEIGHTS)
 BASE = ["sim", "lex", "mismatch"]
@@ -319,7 +317,7 @@ def speed(rows: list[dict], embedder, n: int, repeats: int = 2) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "faithfulrag"))
+    ap.add_argument("--data", default=str(data_path("faithfulrag")))
     ap.add_argument("--out", default="results.json")
     ap.add_argument("--dev", type=int, default=300, help="first N ids of each set form the dev split")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N pairs of each set")
@@ -333,7 +331,7 @@ def main() -> int:
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "squad_kre_golden.json").exists():
-        print(f"data not found at {data}: pass --data <folder with *_kre_*.json>; nothing to do.")
+        data_missing("conflicts", data, needs="squad_kre_*.json, musique_kre_*.json")
         return 0
     det = ConflictDetector(device=args.device)
     raw = det.embedder
@@ -391,7 +389,8 @@ def main() -> int:
                 print(f"  {k:32s} test r@1 {v['test']['recall@1']:.4f} r@5 {v['test']['recall@5']:.4f}"
                       f"  dev r@1 {v['dev_recall@1']:.4f}")
     results["config"]["seconds"] = round(time.time() - t0, 1)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    results["machine"] = machine()
+    write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,14 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import cascade  # noqa: E402
+import cascade
+import numpy as np
+from _common import data_missing, data_root, machine, write_json
 
 
 def top10(scores: np.ndarray, n_q: int, k: int) -> list[set[int]]:
@@ -38,14 +35,15 @@ def top10(scores: np.ndarray, n_q: int, k: int) -> list[set[int]]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(data_root()), help="the shared data folder (retrieval/msmarco_trecdl2019)")
     ap.add_argument("--head", default="untrained", choices=["untrained", "fitted"])
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default="results.json")
     args = ap.parse_args(argv)
     folder = Path(args.data) / "retrieval" / "msmarco_trecdl2019"
     if not (folder / "corpus.jsonl").exists():
-        sys.exit(f"TREC DL data not found under {folder}; pass --data")
+        data_missing("cross_encoder_runtimes", folder, needs="the TREC DL 2019 corpus")
+        sys.exit(1)
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -114,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  "max_abs_logit_diff": float(np.abs(got - ref).max()),
                                  "overlap@10_vs_torch": round(float(overlap), 4)}
         print(json.dumps({name: out["runtimes"][name]}), flush=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    out["machine"] = machine()
+    write_json(args.out, out)
     print(json.dumps(out, indent=2))
     return out
 

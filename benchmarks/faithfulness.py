@@ -45,18 +45,16 @@ import json
 import random
 import re
 import string
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import data_missing, data_path, machine, write_json
 
-from ctxkit.faithfulness.faithfulrag import FactAligner, SelfFacts, SelfThinkAnswer
-from ctxkit.faithfulness.parsing import clean_field
-from ctxkit.types import ContextState, Passage
+from ctxkit import ContextState, Passage
+from ctxkit.faithfulness import FactAligner, SelfFacts, SelfThinkAnswer
+from ctxkit.faithfulness.faithfulrag import clean_field
 
 SETS = {
     "faitheval": ("faitheval_counterfactual.json", None),
@@ -238,14 +236,17 @@ def read_checkpoint(path: Path) -> tuple[dict | None, list[dict]]:
     return header, recs
 
 
-def write_results(out: Path, config: dict, recs: list[dict], planned: dict[str, int]) -> dict:
+def write_results(out: Path, config: dict, recs: list[dict], planned: dict[str, int],
+                  host: dict | None = None) -> dict:
     results: dict[str, Any] = {"config": config}
     for name, n_planned in planned.items():
         mine = [r for r in recs if r["set"] == name]
         results[name] = summarise(mine)
         results[name]["planned"] = n_planned
         results[name]["complete"] = len(mine) >= n_planned
-    out.write_text(json.dumps(results, indent=2))
+    if host is not None:
+        results["machine"] = host
+    write_json(out, results)
     return results
 
 
@@ -285,8 +286,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200, help="items per set (the first N after shuffling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "faithfulrag"))
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", default=str(data_path("faithfulrag")))
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=0, help="items per set per round (0: --batch-size)")
@@ -330,13 +331,13 @@ def main() -> int:
         return 0
 
     if not (data / "squad_kre_negative.json").exists():
-        print(f"data not found at {data}: pass --data <folder with the FaithfulRAG json files>; nothing to do.")
+        data_missing("faithfulness", data, needs="the FaithfulRAG JSON files")
         return 0
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
-    from ctxkit.llm.transformers import TransformersGenerator
+    from ctxkit.llm import TransformersGenerator
 
     gen = TransformersGenerator(args.model, device=args.device, batch_size=args.batch_size,
                                 max_input_tokens=args.max_input_tokens, max_batch_tokens=args.max_batch_tokens or None, prefill=args.prefill)
@@ -346,8 +347,9 @@ def main() -> int:
     if args.speed:
         items = load(data, "squad_neg", args.n, args.seed)
         cap_context(items, tok, args.context_tokens)
-        results = {"config": {**config, "device_used": str(gen.device)}, "speed": speed(gen, items, args)}
-        out.write_text(json.dumps(results, indent=2))
+        results = {"config": {**config, "device_used": str(gen.device)}, "speed": speed(gen, items, args),
+                   "machine": machine()}
+        write_json(out, results)
         print(json.dumps(results["speed"], indent=1))
         print(f"wrote {out}")
         return 0
@@ -375,6 +377,7 @@ def main() -> int:
     if done:
         print(f"resuming: {len(done)} items already in {ckpt}", flush=True)
     config["device_used"] = str(gen.device)
+    host = machine()
 
     chunk = args.chunk or args.batch_size
     todo = {name: [it for it in items if (name, it["id"]) not in done] for name, items in slices.items()}
@@ -393,10 +396,10 @@ def main() -> int:
                     fh.write(json.dumps(rec) + "\n")
             recs.extend(new)
             config["seconds_this_run"] = round(time.perf_counter() - t_start, 1)
-            write_results(out, config, recs, planned)
+            write_results(out, config, recs, planned, host)
             bar.update(len(part))
     bar.close()
-    results = write_results(out, config, recs, planned)
+    results = write_results(out, config, recs, planned, host)
     for name in names:
         print(name, json.dumps(results[name], indent=1), flush=True)
     print(f"wrote {out} (per-item records: {ckpt})")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/retrieval.py --data ../shared/data/retrieval/msmarco_trecdl2019 --out results.json
+    python benchmarks/retrieval.py --out results.json   # data: ../shared/data/retrieval/msmarco_trecdl2019
 
 Reads a BEIR-style folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv`` with graded
 relevance), ingests the corpus (title + text) into a temporary ctxkit index, and reports:
@@ -40,30 +40,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import data_missing, data_path, machine, ndcg_at, recall_at, write_json
 
-from ctxkit.retrievers import BM25Retriever, ChromaRetriever, HybridRetriever, Index, fuse
-from ctxkit.retrievers.index import Document
+from ctxkit.retrievers import BM25Retriever, ChromaRetriever, Document, HybridRetriever, Index, fuse
 
-DEFAULT_DATA = "../shared/data/retrieval/msmarco_trecdl2019"
-DEFAULT_HOTPOT = "../shared/data/hotpotqa/hotpot_dev_distractor_500.jsonl"
 DEPTH = 100
-
-
-def ndcg_at(ranked: list[str], qrels: dict[str, int], k: int = 10) -> float:
-    """trec_eval-style nDCG@k with linear gains (gain = grade)."""
-    dcg = sum(qrels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
-    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
-def recall_at(ranked: list[str], qrels: dict[str, int], k: int = 100, min_grade: int = 1) -> float:
-    rel = {d for d, g in qrels.items() if g >= min_grade}
-    if not rel:
-        return float("nan")
-    return len(rel & set(ranked[:k])) / len(rel)
 
 
 def evaluate(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -217,8 +198,9 @@ def run_dataset(name: str, docs: list[Document], queries: dict[str, str], qrels:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=DEFAULT_DATA, help="BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
-    ap.add_argument("--hotpotqa", default=DEFAULT_HOTPOT, help="HotpotQA distractor JSONL for the second check ('' to skip)")
+    ap.add_argument("--data", default=str(data_path("retrieval", "msmarco_trecdl2019")),
+                    help="BEIR-style folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    ap.add_argument("--hotpotqa", default=str(data_path("hotpotqa", "hotpot_dev_distractor_500.jsonl")), help="HotpotQA distractor JSONL for the second check ('' to skip)")
     ap.add_argument("--hotpotqa-max", type=int, default=300, help="HotpotQA questions used (default 300)")
     ap.add_argument("--workdir", default=None,
                     help="keep the indexes here and reuse them (ingest is idempotent: a re-run only writes what is missing)")
@@ -234,13 +216,11 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data)
     if not (data / "corpus.jsonl").exists():
-        print(f"retrieval benchmark: no data at {data} (needs corpus.jsonl, queries.jsonl, qrels/test.tsv); "
-              "pass --data PATH", file=sys.stderr)
+        data_missing("retrieval", data, needs="corpus.jsonl, queries.jsonl, qrels/test.tsv")
         return 2
-    import platform
 
     results: dict = {"data": str(args.data)}
-    results["machine"] = f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    results["machine"] = machine()
     results["torch_threads"] = args.torch_threads
     results["metrics"] = (
         "ndcg@10: linear gains (gain = grade, trec_eval style); ndcg@10_exp: gains 2^grade - 1; "
@@ -254,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctxkit-bench-")))
         main_res = run_dataset("trecdl2019", *load_beir(data), work, latency=True, ingest_sample=args.ingest_sample)
         results.update(main_res)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, results)
         hp = Path(args.hotpotqa) if args.hotpotqa else None
         if hp and hp.exists():
             hres = run_dataset("hotpotqa", *load_hotpot(hp, args.hotpotqa_max), work, latency=False)
             results["hotpotqa"] = hres
         elif hp:
             print(f"(no HotpotQA file at {hp}: skipped the second check)", file=sys.stderr)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, results)
     keys = ("bm25", "dense", "hybrid")
     print(json.dumps({k: results[k] for k in keys}, indent=1))
     print(f"ingest {results.get('ingest_docs_per_s')} docs/s, query p50 {results.get('query_ms_p50')} ms, "

@@ -12,21 +12,18 @@ Reads ``../shared/data/rw_steering_poisoned_context`` (``--data``); exits cleanl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import data_missing, data_path, machine, write_json
 
-from ctxkit.faithfulness.susceptibility import EmbeddingJudge, measure_susceptibility
-from ctxkit.faithfulness.testbed import build_testbed, load_pools
+from ctxkit.faithfulness import EmbeddingJudge, build_testbed, load_pools, measure_susceptibility
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT / "../shared/data/rw_steering_poisoned_context"))
+    ap.add_argument("--data", default=str(data_path("rw_steering_poisoned_context")))
     ap.add_argument("--out", default="results.json")
     ap.add_argument("--model", default="default", help="transformers model (default: offline SmolLM2-135M)")
     ap.add_argument("--categories", nargs="*", default=["fakenews", "non_factual"])
@@ -42,9 +39,9 @@ def main() -> int:
 
     data = Path(args.data)
     if not data.exists():
-        print(f"rw_susceptibility: data folder {data} not found (pass --data); skipping")
+        data_missing("rw_susceptibility", data)
         return 0
-    from ctxkit.llm.transformers import TransformersGenerator
+    from ctxkit.llm import TransformersGenerator
 
     t0 = time.time()
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -65,7 +62,8 @@ def main() -> int:
                 labels={"appropriate": "consistency", "inappropriate": "100 - cleanliness"})
     if args.records:
         res.save(args.records)
-    Path(args.out).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    summary["machine"] = machine()
+    write_json(args.out, summary, indent=1)
     c = summary["curves"]
     for r, co, cl in zip(c["ratio"], c["consistency"], c["cleanliness"], strict=True):
         print(f"ratio {r:.2f}: consistency {co:5.1f}  cleanliness {cl:5.1f}")

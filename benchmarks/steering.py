@@ -16,7 +16,7 @@ in the list -- a testbed artifact (it follows from pool sizes and ratio), measur
 much a detector could gain by exploiting it; never shipped.
 
     python benchmarks/steering.py --out results.json --emb-cache /tmp/steering_emb.npz
-    python benchmarks/steering.py --export-head ctxkit/faithfulness/data/steering_head.json
+    python benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/steering_head.json
 
 Reads ``../shared/data/rw_steering_poisoned_context`` (``--data``); exits cleanly when absent.
 """
@@ -24,31 +24,21 @@ Reads ``../shared/data/rw_steering_poisoned_context`` (``--data``); exits cleanl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import data_missing, data_path, machine, prf, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ctxkit.faithfulness.detector import FEATURE_NAMES, SetDetector
-from ctxkit.faithfulness.testbed import CATEGORIES, DEFAULT_RATIOS, build_testbed, load_pools
-
-
-def prf(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    tp = int(np.sum((y == 1) & (pred == 1)))
-    fp = int(np.sum((y == 0) & (pred == 1)))
-    fn = int(np.sum((y == 1) & (pred == 0)))
-    tn = int(np.sum((y == 0) & (pred == 0)))
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4),
-            "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0, "n_items": len(y)}
-
+from ctxkit.faithfulness.steering import (
+    CATEGORIES,
+    DEFAULT_RATIOS,
+    FEATURE_NAMES,
+    SetDetector,
+    build_testbed,
+    load_pools,
+)
 
 VARIANTS: dict[str, tuple[list[str], bool]] = {
     # name: (set features used, item embedding on)
@@ -84,7 +74,7 @@ def profile(mixtures: list, cache: dict[str, np.ndarray]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT / "../shared/data/rw_steering_poisoned_context"))
+    ap.add_argument("--data", default=str(data_path("rw_steering_poisoned_context")))
     ap.add_argument("--out", default="results.json")
     ap.add_argument("--n-queries", type=int, default=150, help="queries sampled per category")
     ap.add_argument("--n-items", type=int, default=20)
@@ -101,7 +91,7 @@ def main() -> int:
 
     data = Path(args.data)
     if not data.exists():
-        print(f"steering benchmark: data folder {data} not found (pass --data); skipping")
+        data_missing("steering", data)
         return 0
     t0 = time.time()
     pools = load_pools(data)
@@ -214,7 +204,7 @@ def main() -> int:
         # merged with their count as sample weight: the same loss, far fewer rows)
         xb = np.vstack([feats[c][:, n_set:] for c in train_cats])
         yb = np.concatenate([ys[c] for c in train_cats])
-        rows, inv, cnt = np.unique(np.column_stack([xb, yb]), axis=0, return_inverse=True, return_counts=True)
+        rows, _inv, cnt = np.unique(np.column_stack([xb, yb]), axis=0, return_inverse=True, return_counts=True)
         base = LogisticRegression(max_iter=2000, C=1.0).fit(rows[:, :-1], rows[:, -1].astype(int), sample_weight=cnt)
         bpred = base.predict(feats[held][:, n_set:])
         results["baseline"][held] = prf(y, bpred)
@@ -252,7 +242,8 @@ def main() -> int:
     results["config"] = {"n_queries_per_category": args.n_queries, "n_items": args.n_items, "seed": args.seed,
                          "model": args.model, "features": list(FEATURE_NAMES), "source_tags": False,
                          "ratios": list(DEFAULT_RATIOS), "seconds": round(time.time() - t0, 1)}
-    Path(args.out).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    results["machine"] = machine()
+    write_json(args.out, results, indent=1)
     print(f"macro F1 ours {results['macro_f1']}  baseline {results['baseline_macro_f1']}  "
           f"ablations {results['ablation_macro_f1']}  -> {args.out}")
     return 0

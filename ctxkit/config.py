@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .pipeline import Pipeline
 from .registry import available_stages, build_stage, register_stage, stage_type_name
 
-__all__ = ["load_pipeline", "build_stage", "register_stage", "available_stages", "stage_type_name"]
+__all__ = ["available_stages", "build_stage", "load_pipeline", "register_stage", "stage_type_name"]
 
 
 def load_pipeline(source: str | os.PathLike[str] | Mapping[str, Any]) -> Pipeline:

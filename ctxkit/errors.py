@@ -8,12 +8,12 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
-    "CtxkitError",
     "ConfigError",
-    "ModelNotAvailableError",
-    "MissingDependencyError",
+    "CtxkitError",
     "IndexNotFoundError",
     "InputError",
+    "MissingDependencyError",
+    "ModelNotAvailableError",
     "format_validation_error",
 ]
 

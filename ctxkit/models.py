@@ -31,13 +31,13 @@ from .errors import ModelNotAvailableError
 __all__ = [
     "DEFAULT_EMBEDDER",
     "DEFAULT_LLM",
+    "Embedder",
     "ResolvedModel",
-    "resolve_model",
+    "get_embedder",
+    "hub_offline",
     "resolve_device",
     "resolve_dtype",
-    "hub_offline",
-    "Embedder",
-    "get_embedder",
+    "resolve_model",
 ]
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -115,7 +115,7 @@ def _in_hf_cache(repo_id: str) -> str | None:
 
     try:
         return snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not cached (or a malformed cache entry): fall through to other sources
+    except Exception:  # noqa: BLE001 - not cached (or a malformed cache entry): fall through to other sources
         return None
 
 
@@ -256,9 +256,7 @@ class Embedder:
         resolved = resolve_model(self.model_name, "embedder")
         device = resolve_device(self.device_setting)
         model = st.SentenceTransformer(resolved.path, device=device)
-        if device.startswith("cuda"):
-            model = model.to(resolve_dtype(device, self.dtype_setting))
-        elif self.dtype_setting not in ("auto", "float32", "fp32"):
+        if device.startswith("cuda") or self.dtype_setting not in ("auto", "float32", "fp32"):
             model = model.to(resolve_dtype(device, self.dtype_setting))
         if self.max_seq_length:
             model.max_seq_length = self.max_seq_length

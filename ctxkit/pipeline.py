@@ -14,7 +14,7 @@ from .errors import ConfigError, InputError, format_validation_error
 from .registry import build_stage, builtin_name, stage_type_name
 from .types import ContextState, Passage, StageRecord
 
-__all__ = ["Stage", "BaseStage", "Pipeline"]
+__all__ = ["BaseStage", "Pipeline", "Stage"]
 
 
 @runtime_checkable

@@ -43,16 +43,16 @@ BUILTIN_STAGES: dict[str, str] = {
     "record_feedback": "ctxkit.rankers.record:RecordFeedback",
     "reason_aggregate": "ctxkit.rankers.aggregate:ReasonAggregate",
     # FaithfulRAG and LLM-free conflict records
-    "conflict_check": "ctxkit.faithfulness.conflicts:ConflictCheck",
-    "self_knowledge": "ctxkit.faithfulness.faithfulrag:SelfKnowledge",
-    "self_context": "ctxkit.faithfulness.faithfulrag:SelfContext",
-    "fact_extraction": "ctxkit.faithfulness.faithfulrag:FactExtraction",
-    "self_facts": "ctxkit.faithfulness.faithfulrag:SelfFacts",
-    "fact_aligner": "ctxkit.faithfulness.faithfulrag:FactAligner",
-    "self_think_answer": "ctxkit.faithfulness.faithfulrag:SelfThinkAnswer",
-    "faithful_rag": "ctxkit.faithfulness.faithfulrag:FaithfulRAG",
+    "conflict_check": "ctxkit.faithfulness.conflicts.stage:ConflictCheck",
+    "self_knowledge": "ctxkit.faithfulness.faithfulrag.stages:SelfKnowledge",
+    "self_context": "ctxkit.faithfulness.faithfulrag.stages:SelfContext",
+    "fact_extraction": "ctxkit.faithfulness.faithfulrag.stages:FactExtraction",
+    "self_facts": "ctxkit.faithfulness.faithfulrag.stages:SelfFacts",
+    "fact_aligner": "ctxkit.faithfulness.faithfulrag.stages:FactAligner",
+    "self_think_answer": "ctxkit.faithfulness.faithfulrag.stages:SelfThinkAnswer",
+    "faithful_rag": "ctxkit.faithfulness.faithfulrag.stages:FaithfulRAG",
     # Rescorla-Wagner steering
-    "rw_steering": "ctxkit.faithfulness.steering:SteeringFilter",
+    "rw_steering": "ctxkit.faithfulness.steering.stage:SteeringFilter",
     # generation
     "generate": "ctxkit.llm.stage:GenerateAnswer",
 }

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Passage", "StageRecord", "Trace", "Conflict", "ContextState"]
+__all__ = ["Conflict", "ContextState", "Passage", "StageRecord", "Trace"]
 
 
 class Passage(BaseModel):

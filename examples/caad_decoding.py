@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import tempfile
 
-from ctxkit.faithfulness.caad import CAADLogitsProcessor, GroundingSpace
-from ctxkit.faithfulness.decoding import AdaCADLogitsProcessor, CADLogitsProcessor
+from ctxkit.faithfulness.decoding import (
+    AdaCADLogitsProcessor,
+    CAADLogitsProcessor,
+    CADLogitsProcessor,
+    GroundingSpace,
+)
 from ctxkit.llm import TransformersGenerator
 
 TRUTHFUL = [

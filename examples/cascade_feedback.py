@@ -13,12 +13,18 @@ Run: python examples/cascade_feedback.py
 from __future__ import annotations
 
 import random
-import zlib
 import tempfile
+import zlib
 from pathlib import Path
 
 from ctxkit import ContextState, Passage, Pipeline
-from ctxkit.rankers import Arranger, BiEncoderPreRanker, FeedbackRanker, FeedbackStore, RecordFeedback
+from ctxkit.rankers import (
+    Arranger,
+    BiEncoderPreRanker,
+    FeedbackRanker,
+    FeedbackStore,
+    RecordFeedback,
+)
 
 FACTS = {
     "When was the Eiffel Tower completed?": "The Eiffel Tower was completed in {}.",

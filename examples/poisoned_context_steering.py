@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ctxkit import Pipeline
-from ctxkit.faithfulness.rescorla_wagner import RWParams, fit, predict_curves
-from ctxkit.faithfulness.steering import SteeringFilter, demo_poisoned_retrieval
-from ctxkit.faithfulness.testbed import build_testbed, load_pools
+from ctxkit.faithfulness import SteeringFilter, demo_poisoned_retrieval
+from ctxkit.faithfulness.steering import build_testbed, load_pools
+from ctxkit.faithfulness.steering.rescorla_wagner import RWParams, fit, predict_curves
 
 POOL = [
     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,17 +92,29 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bench_module():
-    """Load a script of ``benchmarks/`` (not a package) as a module: ``bench_module("conflicts")``."""
+    """Load a script of ``benchmarks/`` (not a package) as a module: ``bench_module("conflicts")``.
+
+    The scripts import their shared helpers with ``import _common`` (run as ``python
+    benchmarks/x.py``, their folder is on ``sys.path``), so the folder is put on ``sys.path`` for
+    the session, at the end so that it shadows nothing.
+    """
     import importlib.util
 
+    bench_dir = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    added = bench_dir not in sys.path
+    if added:
+        sys.path.append(bench_dir)
+
     def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        path = Path(bench_dir) / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
 
-    return load
+    yield load
+    if added and bench_dir in sys.path:
+        sys.path.remove(bench_dir)
 
 
 @pytest.fixture(scope="session")
@@ -134,3 +147,34 @@ def tiny_lm(tiny_llm_dir):
     tok.padding_side = "left"
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llm_dir).eval()
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on loopback in a temp folder (initdb + pg_ctl), for the session.
+
+    Skipped, with the reason, only where it cannot start (no server binaries, no psycopg).
+    """
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'ctxkit[postgres]')")
+    from _postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"cannot start a PostgreSQL server here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """URL of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def feedback_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a feedback store lives, once per backend: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.sqlite")
+    return request.getfixturevalue("postgres_url")

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ctxkit.errors import ConfigError, InputError
-from ctxkit.faithfulness.caad import (
+from ctxkit.faithfulness.decoding import (
     CAADLogitsProcessor,
     GroundingSpace,
     GroundingSpaceMismatchError,
@@ -288,7 +288,7 @@ def test_synthetic_space_for_speed_tests(space):
 
 
 def test_through_transformers_generator_and_quickstart(tiny_llm_dir, encoder):
-    from ctxkit.faithfulness.caad import quickstart_space
+    from ctxkit.cli.demos import quickstart_space
     from ctxkit.llm.transformers import TransformersGenerator
 
     gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", batch_size=2)

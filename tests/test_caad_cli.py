@@ -7,8 +7,8 @@ import json
 import pytest
 
 from ctxkit.cli import main
-from ctxkit.errors import InputError
 from ctxkit.cli.caad import read_examples
+from ctxkit.errors import InputError
 
 
 def test_build_then_answer(tiny_llm_dir, tmp_path, capsys, minilm):

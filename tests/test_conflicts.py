@@ -11,13 +11,13 @@ from ctxkit.faithfulness.conflicts import (
     Belief,
     ConflictCheck,
     ConflictDetector,
-    _phrases,
     content_words,
     extract_spans,
     format_conflicts,
     span_kind,
     split_chunks,
 )
+from ctxkit.faithfulness.conflicts.spans import _phrases
 from ctxkit.types import ContextState, Passage
 
 

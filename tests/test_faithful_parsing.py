@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctxkit.faithfulness.parsing import clean_field, parse_json_answer, parse_list
+from ctxkit.faithfulness.faithfulrag import clean_field, parse_json_answer, parse_list
 
 
 @pytest.mark.parametrize(

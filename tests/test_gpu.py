@@ -39,7 +39,7 @@ def test_generator_batch_equals_single_on_cuda(tiny_llm_dir):
 
 
 def test_caad_on_cuda_matches_cpu(tiny_llm_dir):
-    from ctxkit.faithfulness.caad import CAADLogitsProcessor, GroundingSpace
+    from ctxkit.faithfulness.decoding import CAADLogitsProcessor, GroundingSpace
     from ctxkit.llm import TransformersGenerator
     from ctxkit.llm.base import as_messages
 

@@ -22,8 +22,7 @@ from ctxkit.rankers import (
     parse_answer,
 )
 
-WORDS = ("the quick brown fox jumps over lazy dog penicillin was discovered by alexander fleming in "
-         "1928 eiffel tower completed 1889 paris question answer context passage model").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "penicillin", "was", "discovered", "by", "alexander", "fleming", "in", "1928", "eiffel", "tower", "completed", "1889", "paris", "question", "answer", "context", "passage", "model"]
 
 
 @pytest.fixture(scope="session")

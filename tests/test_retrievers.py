@@ -26,7 +26,7 @@ from ctxkit.retrievers import (
 )
 from ctxkit.retrievers.chunking import length_function
 from ctxkit.retrievers.hybrid import normalize
-from ctxkit.retrievers.loaders import LoadLog, load_documents
+from ctxkit.retrievers.store.loaders import LoadLog, load_documents
 
 # --------------------------------------------------------------------------------------------
 # chunking

@@ -13,15 +13,16 @@ import pytest
 
 from ctxkit import ContextState, Passage, build_stage, load_pipeline
 from ctxkit.errors import ConfigError, InputError
-from ctxkit.faithfulness.detector import (
+from ctxkit.faithfulness.steering import (
     FEATURE_NAMES,
     LLMDetector,
+    PoolRow,
     SetDetector,
+    SteeringFilter,
+    build_mixture,
     parse_identification,
     set_features,
 )
-from ctxkit.faithfulness.steering import SteeringFilter
-from ctxkit.faithfulness.testbed import PoolRow, build_mixture
 from ctxkit.llm.base import BaseGenerator, Generation
 
 TOPICS = [
@@ -186,7 +187,7 @@ def test_steering_filter_config_and_validation(tmp_path: Path, trained: SetDetec
 
 
 def test_packaged_head_catches_poisoned_retrieved_passage(capsys) -> None:
-    from ctxkit.faithfulness.steering import demo_poisoned_retrieval
+    from ctxkit.cli.demos import demo_poisoned_retrieval
 
     state = demo_poisoned_retrieval(action="remove")
     planted = {"p3", "p5"}

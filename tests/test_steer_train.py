@@ -11,16 +11,17 @@ import pytest
 
 from ctxkit.cli import main
 from ctxkit.errors import ConfigError, InputError
-from ctxkit.faithfulness.steer_train import (
+from ctxkit.faithfulness.steering import (
+    PoolRow,
     SteerTrainConfig,
     build_sft_examples,
+    build_testbed,
     parse_steered,
     split_stages,
     steering_target,
     target_loss,
     train_rw_steering,
 )
-from ctxkit.faithfulness.testbed import PoolRow, build_testbed
 from ctxkit.llm.base import BaseGenerator, Generation
 
 
@@ -86,8 +87,7 @@ def test_two_stage_training_lowers_loss_and_resumes(tiny_llm_dir: Path, tmp_path
     assert res2["stage1"]["global_step"] == 6
     assert res2["stage2"].get("skipped") is True
     # the fine-tuned model's stage-1 identification plugs into the steering stage
-    from ctxkit.faithfulness.steer_train import steering_detector
-    from ctxkit.faithfulness.steering import SteeringFilter
+    from ctxkit.faithfulness.steering import SteeringFilter, steering_detector
 
     det = steering_detector(final, device="cpu")
     states = [it.to_state() for it in items[:2]]
@@ -129,7 +129,7 @@ class MajorityGenerator(BaseGenerator):
 
 
 def test_susceptibility_curves_and_rw_fit(minilm, tmp_path: Path) -> None:
-    from ctxkit.faithfulness.susceptibility import EmbeddingJudge, measure_susceptibility
+    from ctxkit.faithfulness.steering import EmbeddingJudge, measure_susceptibility
 
     items = build_testbed(pools(), n_items=10, ratios=[0.0, 0.2, 0.4, 0.6, 0.8], seed=0)
     res = measure_susceptibility(MajorityGenerator(), items, judge=EmbeddingJudge(minilm), show_progress=False)
@@ -147,7 +147,7 @@ def test_susceptibility_curves_and_rw_fit(minilm, tmp_path: Path) -> None:
 
 
 def test_llm_judge_parses_ratings() -> None:
-    from ctxkit.faithfulness.susceptibility import LLMJudge
+    from ctxkit.faithfulness.steering import LLMJudge
 
     class Rater(BaseGenerator):
         def generate(self, batch, settings=None, **overrides):

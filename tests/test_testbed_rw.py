@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ctxkit.errors import InputError
-from ctxkit.faithfulness.rescorla_wagner import RWParams, fit, predict_curves, simulate
-from ctxkit.faithfulness.testbed import (
+from ctxkit.faithfulness.steering.rescorla_wagner import RWParams, fit, predict_curves, simulate
+from ctxkit.faithfulness.steering.testbed import (
     DEFAULT_RATIOS,
     build_mixture,
     build_testbed,
@@ -102,7 +102,7 @@ def test_source_tags_on_and_off(tmp_path: Path) -> None:
     tagged = build_testbed(pools, ratios=[0.5], n_items=8, source_tags=True)
     for it in tagged[0].items:
         assert it.source is not None and it.render().startswith(f"[Source: {it.source}]")
-    from ctxkit.faithfulness.testbed import LOW_CREDIBILITY_SOURCES, REPUTABLE_SOURCES
+    from ctxkit.faithfulness.steering.testbed import LOW_CREDIBILITY_SOURCES, REPUTABLE_SOURCES
 
     assert all((x.source in LOW_CREDIBILITY_SOURCES) == x.inappropriate for t in tagged for x in t.items)
     assert all(x.source in REPUTABLE_SOURCES for t in tagged for x in t.items if not x.inappropriate)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from ctxkit.errors import CtxkitError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _COMMAND_MODULES = [
     "ctxkit.cli.quickstart",

@@ -67,7 +67,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _build(args: Any) -> int:
-    from ctxkit.faithfulness.caad import GroundingSpace
+    from ctxkit.faithfulness.decoding.space import GroundingSpace
     from ctxkit.llm.transformers import TransformersGenerator
 
     examples = read_examples(args.examples)[: args.limit]
@@ -80,7 +80,8 @@ def _build(args: Any) -> int:
 
 
 def _answer(args: Any) -> int:
-    from ctxkit.faithfulness.caad import CAADLogitsProcessor, GroundingSpace
+    from ctxkit.faithfulness.decoding.caad import CAADLogitsProcessor
+    from ctxkit.faithfulness.decoding.space import GroundingSpace
     from ctxkit.llm.transformers import TransformersGenerator
 
     manifest = json.loads((Path(args.space) / "manifest.json").read_text()) if (

@@ -26,7 +26,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ctxkit.faithfulness.conflicts import ConflictDetector, demo_conflicts
+    from ctxkit.cli.demos import demo_conflicts
+    from ctxkit.faithfulness.conflicts.detector import ConflictDetector
     from ctxkit.types import Passage
 
     if args.demo:

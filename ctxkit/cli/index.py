@@ -61,8 +61,9 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ctxkit.retrievers.index import Index, ingest
-    from ctxkit.retrievers.loaders import iter_files
+    from ctxkit.retrievers.store.index import Index
+    from ctxkit.retrievers.store.ingest import ingest
+    from ctxkit.retrievers.store.loaders import iter_files
 
     files = list(iter_files(args.paths))  # raises InputError on a missing path
     settings: dict[str, Any] = {
@@ -97,7 +98,7 @@ def make_retriever(
     from ctxkit.retrievers.bm25 import BM25Retriever
     from ctxkit.retrievers.chroma import ChromaRetriever
     from ctxkit.retrievers.hybrid import HybridRetriever
-    from ctxkit.retrievers.index import Index
+    from ctxkit.retrievers.store.index import Index
 
     Index.open(index)  # a clear error before any model loads
     chroma_kw: dict[str, Any] = {"path": index, "device": device}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ctxkit.errors import InputError
 
-__all__ = ["add_commands", "run_quickstart", "QUESTIONS", "TRUSTED_BELIEFS", "PLANTED_NOTES"]
+__all__ = ["PLANTED_NOTES", "QUESTIONS", "TRUSTED_BELIEFS", "add_commands", "run_quickstart"]
 
 QUESTIONS = [
     "How does ctxkit fuse dense and BM25 retrieval results?",
@@ -153,7 +153,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _answer(states: list[Any], max_new_tokens: int) -> None:
-    from ctxkit.faithfulness.caad import quickstart_space
+    from ctxkit.cli.demos import quickstart_space
     from ctxkit.llm import TransformersGenerator
 
     print("\n== 3. answering with SmolLM2-135M-Instruct (offline) + CAAD logit shaping")

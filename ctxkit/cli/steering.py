@@ -90,7 +90,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _testbed(args: argparse.Namespace) -> int:
-    from ctxkit.faithfulness.testbed import DEFAULT_RATIOS, build_testbed, save_jsonl
+    from ctxkit.faithfulness.steering.testbed import DEFAULT_RATIOS, build_testbed, save_jsonl
 
     items = build_testbed(args.pools, n_items=args.n_items, ratios=_ratios(args.ratios) or DEFAULT_RATIOS,
                           n_queries=args.n_queries, categories=args.categories, seed=args.seed,
@@ -126,7 +126,7 @@ def _load_curves(path: str) -> tuple[list[float], dict[str, list[float]]]:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ctxkit.faithfulness.rescorla_wagner import fit
+    from ctxkit.faithfulness.steering.rescorla_wagner import fit
 
     ratios, obs = _load_curves(args.curves)
     res = fit(ratios, obs, n_items=args.n_items, fit_mapping=not args.no_mapping)
@@ -141,8 +141,12 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _susceptibility(args: argparse.Namespace) -> int:
-    from ctxkit.faithfulness.susceptibility import EmbeddingJudge, LLMJudge, measure_susceptibility
-    from ctxkit.faithfulness.testbed import load_jsonl
+    from ctxkit.faithfulness.steering.susceptibility import (
+        EmbeddingJudge,
+        LLMJudge,
+        measure_susceptibility,
+    )
+    from ctxkit.faithfulness.steering.testbed import load_jsonl
     from ctxkit.llm.transformers import TransformersGenerator
 
     items = load_jsonl(args.testbed)[: args.limit]
@@ -173,8 +177,8 @@ def _susceptibility(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ctxkit.faithfulness.detector import LLMDetector, SetDetector, default_detector
-    from ctxkit.faithfulness.testbed import load_jsonl
+    from ctxkit.faithfulness.steering.detectors import LLMDetector, SetDetector, default_detector
+    from ctxkit.faithfulness.steering.testbed import load_jsonl
 
     items = load_jsonl(args.testbed)[: args.limit]
     if args.detector == "default":
@@ -198,13 +202,13 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _steer_train(args: argparse.Namespace) -> int:
-    from ctxkit.faithfulness.steer_train import (
+    from ctxkit.faithfulness.steering.testbed import load_jsonl
+    from ctxkit.faithfulness.steering.train import (
         SteerTrainConfig,
         build_sft_examples,
         split_stages,
         train_rw_steering,
     )
-    from ctxkit.faithfulness.testbed import load_jsonl
 
     items = load_jsonl(args.testbed)
     s1, s2 = split_stages(items, low_max_ratio=args.low_max_ratio)

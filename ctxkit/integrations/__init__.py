@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 __all__ = [
-    "CtxkitRetriever",
-    "CtxkitCompressor",
-    "CtxkitRunnable",
     "CtxkitChatModel",
+    "CtxkitCompressor",
+    "CtxkitEmbedding",
     "CtxkitEmbeddings",
-    "as_runnable",
+    "CtxkitLLM",
     "CtxkitLlamaRetriever",
     "CtxkitNodePostprocessor",
-    "CtxkitLLM",
-    "CtxkitEmbedding",
+    "CtxkitRetriever",
+    "CtxkitRunnable",
+    "as_runnable",
 ]
 
 _LAZY = {

@@ -47,15 +47,15 @@ from ..types import ContextState
 from . import _common
 
 __all__ = [
-    "CtxkitRetriever",
-    "CtxkitCompressor",
-    "CtxkitRunnable",
     "CtxkitChatModel",
+    "CtxkitCompressor",
     "CtxkitEmbeddings",
+    "CtxkitRetriever",
+    "CtxkitRunnable",
     "as_runnable",
-    "state_to_documents",
     "documents_to_passages",
     "format_documents",
+    "state_to_documents",
 ]
 
 Output = Literal["state", "documents", "context"]

@@ -52,12 +52,12 @@ from ..types import ContextState, Passage
 from . import _common
 
 __all__ = [
+    "CtxkitEmbedding",
+    "CtxkitLLM",
     "CtxkitLlamaRetriever",
     "CtxkitNodePostprocessor",
-    "CtxkitLLM",
-    "CtxkitEmbedding",
-    "state_to_nodes",
     "nodes_to_passages",
+    "state_to_nodes",
 ]
 
 

@@ -95,7 +95,8 @@ class GeneratorStage(BaseStage):
         if isinstance(v, str):
             return {"backend": "transformers", "model": v}
         if not callable(getattr(v, "generate", None)):
-            raise ValueError("generator must be a spec dict or an object with a generate(batch) method")
+            # a pydantic validator: a ValueError becomes the stage's ConfigError, a TypeError would escape
+            raise ValueError("generator must be a spec dict or an object with a generate(batch) method")  # noqa: TRY004
         return v
 
     @property

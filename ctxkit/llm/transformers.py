@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -474,6 +474,64 @@ class TransformersGenerator(BaseGenerator):
             bar.close()
         return [r if r is not None else Generation(error="not generated", finish_reason="error") for r in results]
 
+    def stream(
+        self,
+        conversation: list[Message] | list[Any] | str,
+        settings: SamplingSettings | None = None,
+        *,
+        logits_processors: Sequence[Any] | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
+        """Generate one answer and yield its text as the tokens are decoded.
+
+        Same prompt budget, sampling settings and logits processors as :meth:`generate` (one
+        conversation, no batching); text after a stop string is never yielded.
+
+        Raises:
+            InputError: the prompt does not fit the token budget.
+        """
+        tf = require("transformers")
+        cfg = self._sampling(settings, overrides)
+        self.warm_up()
+        try:
+            ids, _ = self._prepare(as_messages(conversation), self._budget(cfg.max_new_tokens))
+        except _TooLong as exc:
+            raise InputError(f"prompt too long: {exc}") from None
+        procs = self.logits_processors if logits_processors is None else list(logits_processors)
+        streamer = tf.TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._generate_chunk([ids], cfg, procs, streamer=streamer)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="ctxkit-stream", daemon=True)
+        thread.start()
+        hold = max((len(s) for s in cfg.stop), default=1) - 1  # a stop string may span pieces
+        text, sent = "", 0
+        for piece in streamer:
+            text += piece
+            cut = _first_stop(text, cfg.stop)
+            if cut is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                sent = len(text) + 1
+                break
+            if len(text) - hold > sent:
+                yield text[sent : len(text) - hold]
+                sent = len(text) - hold
+        else:
+            if len(text) > sent:
+                yield text[sent:]
+        for _ in streamer:  # drain after a stop string so the worker can finish
+            pass
+        thread.join()
+        if failure:
+            raise failure[0]
+
     def _sampling(self, settings: SamplingSettings | dict[str, Any] | None, overrides: dict[str, Any]) -> SamplingSettings:
         if isinstance(settings, dict):
             overrides = {**settings, **overrides}
@@ -494,7 +552,7 @@ class TransformersGenerator(BaseGenerator):
         return sorted(ids)
 
     def _generate_chunk(
-        self, rows: list[list[int]], cfg: SamplingSettings, procs: list[Any]
+        self, rows: list[list[int]], cfg: SamplingSettings, procs: list[Any], streamer: Any = None
     ) -> list[Generation]:
         torch = require("torch")
         tf = require("transformers")
@@ -527,6 +585,8 @@ class TransformersGenerator(BaseGenerator):
             kwargs["tokenizer"] = tok
         if procs:
             kwargs["logits_processor"] = tf.LogitsProcessorList(procs)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
         dev = model.device
         with self._lock, torch.inference_mode(), contextlib.ExitStack() as stack:
             # one generate at a time (global seed, memory)

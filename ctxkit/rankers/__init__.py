@@ -12,23 +12,23 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 __all__ = [
+    "DEFAULT_LABELS",
+    "Arranger",
     "BiEncoderPreRanker",
     "CrossEncoderPreRanker",
-    "FeedbackStore",
-    "ShownList",
-    "UnknownListError",
-    "UnknownEventError",
-    "DEFAULT_LABELS",
-    "RecordFeedback",
     "FeedbackRanker",
-    "Arranger",
-    "arrange_order",
-    "ReasonAggregate",
-    "parse_answer",
+    "FeedbackStore",
     "PreferenceTemplate",
-    "llm_preference_labels",
+    "ReasonAggregate",
+    "RecordFeedback",
+    "ShownList",
+    "UnknownEventError",
+    "UnknownListError",
+    "arrange_order",
     "build_cascade",
     "cascade_demo",
+    "llm_preference_labels",
+    "parse_answer",
 ]
 
 _LAZY = {
@@ -48,13 +48,14 @@ _LAZY = {
     "PreferenceTemplate": "ctxkit.rankers.preference",
     "llm_preference_labels": "ctxkit.rankers.preference",
     "build_cascade": "ctxkit.rankers.cascade",
-    "cascade_demo": "ctxkit.rankers.cascade",
+    "cascade_demo": "ctxkit.cli.cascade_demo",  # demo code lives in the CLI package
 }
 
 if TYPE_CHECKING:
+    from ..cli.cascade_demo import cascade_demo
     from .aggregate import ReasonAggregate, parse_answer
     from .arrange import Arranger, arrange_order
-    from .cascade import build_cascade, cascade_demo
+    from .cascade import build_cascade
     from .feedback import (
         DEFAULT_LABELS,
         FeedbackStore,

@@ -9,7 +9,7 @@ import numpy as np
 from ..pipeline import BaseStage
 from ..types import ContextState, Passage
 
-__all__ = ["flatten", "apply_scores", "passage_text"]
+__all__ = ["apply_scores", "flatten", "passage_text"]
 
 
 def passage_text(p: Passage, with_title: bool = True) -> str:

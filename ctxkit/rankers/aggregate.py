@@ -6,6 +6,7 @@ Every path of every state of the batch goes to the generator in ONE call.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from typing import Literal
@@ -18,7 +19,7 @@ from ..llm.base import CONTEXT_SLOT, Message, SamplingSettings
 from ..llm.stage import GeneratorStage
 from ..types import ContextState, Passage
 
-__all__ = ["ReasonAggregate", "parse_answer", "normalize_answer", "DEFAULT_COT_TEMPLATE"]
+__all__ = ["DEFAULT_COT_TEMPLATE", "ReasonAggregate", "normalize_answer", "parse_answer"]
 
 DEFAULT_COT_TEMPLATE = (
     "Use the context to answer the question. Think step by step, then write the final answer on "
@@ -205,7 +206,7 @@ class ReasonAggregate(GeneratorStage):
         scores = self.generator_obj.score(batch, conts)
         best: dict[int, tuple[float, int]] = {}
         for (ci, i), sc in zip(where, scores, strict=True):
-            if sc != sc:  # nan: this option could not be scored
+            if math.isnan(sc):  # this option could not be scored
                 continue
             if ci not in best or sc > best[ci][0]:
                 best[ci] = (sc, i)

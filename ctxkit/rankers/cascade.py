@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..pipeline import Pipeline
 from ..types import ContextState
 
-__all__ = ["build_cascade", "cascade_demo", "format_trace"]
+__all__ = ["build_cascade", "format_trace"]
 
 
 def build_cascade(
@@ -79,27 +78,3 @@ def format_trace(state: ContextState) -> str:
     for r in state.trace.stages:
         lines.append(f"{r.stage:<18} {r.n_in:>5} {r.n_out:>5} {r.seconds * 1000:>9.1f}")
     return "\n".join(lines)
-
-
-def cascade_demo(
-    index: str | Path, question: str, *, print_fn: Callable[[str], Any] = print, **settings: Any
-) -> ContextState:
-    """Run one question through :func:`build_cascade` and print the cascade's trace and top items.
-
-    Args:
-        index: Index folder.
-        question: The question.
-        print_fn: Where lines go (``print`` by default).
-        **settings: Passed to :func:`build_cascade` (budgets, cross-encoder, ranker...).
-
-    Returns:
-        The final state (passages in prompt order, each with every stage's score).
-    """
-    pipe = build_cascade(index, **settings)
-    state = pipe.run(question)
-    print_fn(f"cascade for: {question}")
-    print_fn(format_trace(state))
-    for i, p in enumerate(state.passages[:5], 1):
-        scores = ", ".join(f"{k}={v:.3f}" for k, v in p.scores.items())
-        print_fn(f"  {i}. [{p.id}] {p.text[:70]!r}  ({scores})")
-    return state

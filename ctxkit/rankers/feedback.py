@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigError, InputError
 from ..types import ContextState, Passage
 
-__all__ = ["FeedbackStore", "ShownList", "DEFAULT_LABELS", "UnknownListError", "UnknownEventError"]
+__all__ = ["DEFAULT_LABELS", "FeedbackStore", "ShownList", "UnknownEventError", "UnknownListError"]
 
 DEFAULT_LABELS: dict[str, float] = {"copy": 1.0, "like": 1.0, "dislike": -1.0, "regenerate": -1.0}
 

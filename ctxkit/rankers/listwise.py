@@ -94,7 +94,8 @@ class FeedbackRanker(BaseStage):
 
     Attributes:
         k: Passages kept per query after ranking (``None``: all, re-ordered).
-        store: Path of the SQLite feedback store ``fit()`` reads by default.
+        store: The feedback store ``fit()`` reads by default: a SQLite file or a
+            ``postgresql://`` URL (shared by several service replicas).
         model_path: Directory of a saved ranker, loaded on first use when it exists.
         loss: ``"listnet"`` (softmax cross-entropy) or ``"plackett_luce"``.
         credit: How a list's reward is spread over its items: ``"dcg"`` (1/log2(pos+2), the
@@ -278,7 +279,7 @@ class FeedbackRanker(BaseStage):
         gen = torch.Generator().manual_seed(self.seed + self._n_lists)
         n = len(groups)
         order = torch.randperm(n, generator=gen)
-        n_val = int(round(self.validation * n)) if n >= 5 else 0
+        n_val = round(self.validation * n) if n >= 5 else 0
         val_idx, train_idx = order[:n_val], order[n_val:]
 
         def loss_of(idx: Any) -> Any:

@@ -1,5 +1,10 @@
 """Matching: Chroma (embedded or server), BM25 and hybrid fusion retrievers, chunking, ingest.
 
+The store (:mod:`ctxkit.retrievers.store`: documents, loaders, the index folder with its chunk
+store, Chroma collection and BM25 statistics, ``ingest()``) is apart from the thin retriever
+stages that query it (:mod:`.chroma`, :mod:`.bm25`, :mod:`.hybrid` on :mod:`.base`);
+:mod:`.chunking` is plain text splitting, used by the store and by the faithfulness methods.
+
 Everything is imported lazily: ``import ctxkit.retrievers`` loads neither chromadb nor bm25s.
 """
 
@@ -27,11 +32,11 @@ __all__ = [
 _LAZY = {
     "split_sentences": "ctxkit.retrievers.chunking",
     "chunk_text": "ctxkit.retrievers.chunking",
-    "Document": "ctxkit.retrievers.index",
-    "Index": "ctxkit.retrievers.index",
-    "IngestReport": "ctxkit.retrievers.index",
-    "ingest": "ctxkit.retrievers.index",
-    "load_documents": "ctxkit.retrievers.loaders",
+    "Document": "ctxkit.retrievers.store.documents",
+    "Index": "ctxkit.retrievers.store.index",
+    "IngestReport": "ctxkit.retrievers.store.report",
+    "ingest": "ctxkit.retrievers.store.ingest",
+    "load_documents": "ctxkit.retrievers.store.loaders",
     "BaseRetriever": "ctxkit.retrievers.base",
     "ChromaRetriever": "ctxkit.retrievers.chroma",
     "BM25Retriever": "ctxkit.retrievers.bm25",
@@ -45,8 +50,11 @@ if TYPE_CHECKING:
     from .chroma import ChromaRetriever
     from .chunking import chunk_text, split_sentences
     from .hybrid import HybridRetriever, fuse
-    from .index import Document, Index, IngestReport, ingest
-    from .loaders import load_documents
+    from .store.documents import Document
+    from .store.index import Index
+    from .store.ingest import ingest
+    from .store.loaders import load_documents
+    from .store.report import IngestReport
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,8 +1,11 @@
-"""BM25 lexical retrieval on ``bm25s`` (English stemming with PyStemmer, English stop words)."""
+"""BM25 lexical retrieval: the stage that queries the store's saved ``bm25s`` index.
+
+The statistics (English stemming with PyStemmer, English stop words) are built and saved by the
+store (:mod:`ctxkit.retrievers.store.bm25_index`); this stage loads them and scores queries.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any, ClassVar
@@ -10,47 +13,15 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from .._lazy import require
-from ..errors import ConfigError, IndexNotFoundError
+from ..errors import ConfigError
 from ..types import Passage
 from .base import BaseRetriever
-from .index import Index
+from .store.bm25_index import tokenize
+from .store.index import Index
 
-__all__ = ["BM25Retriever", "build_bm25", "tokenize"]
+__all__ = ["BM25Retriever"]
 
 log = logging.getLogger(__name__)
-
-
-def _stemmer(language: str | None) -> Any:
-    if not language:
-        return None
-    try:
-        import Stemmer
-    except ImportError:  # PyStemmer is in the bm25 extra; without it BM25 still works, unstemmed
-        log.warning("PyStemmer is not installed: BM25 runs without stemming (pip install 'ctxkit[bm25]')")
-        return None
-    return Stemmer.Stemmer(language).stemWords
-
-
-def tokenize(texts: list[str], settings: dict[str, Any], show_progress: bool = False) -> Any:
-    """bm25s tokens for ``texts`` with the index's stemmer and stop words."""
-    bm25s = require("bm25s")
-    return bm25s.tokenize(
-        texts,
-        stopwords=settings.get("stopwords", "en"),
-        stemmer=_stemmer(settings.get("stemmer", "english")),
-        show_progress=show_progress,
-    )
-
-
-def build_bm25(texts: list[str], settings: dict[str, Any], show_progress: bool = False) -> Any:
-    """A ``bm25s.BM25`` indexed over ``texts``."""
-    bm25s = require("bm25s")
-    # bm25s logs every index build at DEBUG on its own handler; keep it quiet unless asked.
-    logging.getLogger("bm25s").setLevel(max(logging.getLogger().level, logging.INFO))
-    model = bm25s.BM25(k1=settings.get("k1", 1.5), b=settings.get("b", 0.75))
-    model.index(tokenize(texts, settings, show_progress), show_progress=show_progress)
-    return model
 
 
 class BM25Retriever(BaseRetriever):
@@ -95,17 +66,7 @@ class BM25Retriever(BaseRetriever):
         if not idx.bm25_is_current():
             log.warning("BM25 index at %s is older than the chunk store: rebuilding it", idx.bm25_dir)
             idx.rebuild_bm25()
-        d = idx.bm25_dir
-        ids_file = d / "ctxkit_ids.json"
-        if not ids_file.exists():
-            raise IndexNotFoundError(f"no BM25 data in {str(d)!r}: run `ctxkit ingest ... --index {idx.path}`")
-        self._ids = json.loads(ids_file.read_text(encoding="utf-8"))
-        self._generation = json.loads((d / "ctxkit_state.json").read_text())["generation"]
-        if self._ids:
-            bm25s = require("bm25s")
-            self._model = bm25s.BM25.load(str(d), show_progress=False)
-        else:
-            self._model = None
+        self._ids, self._generation, self._model = idx.load_bm25()
         self._meta_cache = None
 
     def reload(self) -> None:

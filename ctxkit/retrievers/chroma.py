@@ -1,4 +1,7 @@
-"""Dense retrieval with Chroma: embedded (``PersistentClient``) or client/server (``HttpClient``)."""
+"""Dense retrieval with Chroma: embedded (``PersistentClient``) or client/server (``HttpClient``).
+
+The stage queries the store's collection (:mod:`ctxkit.retrievers.store`); it writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from ..errors import ConfigError, IndexNotFoundError
 from ..models import get_embedder
 from ..types import Passage
 from .base import BaseRetriever, where_key
-from .index import DEFAULT_COLLECTION, Index, chroma_client
+from .store.clients import chroma_client
+from .store.index import DEFAULT_COLLECTION, Index
 
 MAX_RESULTS_PER_QUERY_CALL = 20_000
 """Queries x k per Chroma ``query`` call. Chroma fetches all results of a call with one SQL
@@ -94,7 +98,7 @@ class ChromaRetriever(BaseRetriever):
             idx.device = self.device
             coll = _get_collection(idx.client, name, idx.embedding_function())
         else:
-            from ._chroma_ef import CtxkitEmbeddingFunction
+            from .store.embedding_function import CtxkitEmbeddingFunction
 
             client = chroma_client(host=self.host, port=self.port, ssl=self.ssl)
             name = name or DEFAULT_COLLECTION

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._lazy import require
-from ..errors import InputError
+from ..._lazy import require
+from ...errors import InputError
 
 __all__ = ["CURVES", "RWFit", "RWParams", "fit", "plot_fit", "predict_curves", "simulate"]
 

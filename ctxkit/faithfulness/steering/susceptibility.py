@@ -26,9 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InputError
-from ..llm.base import CONTEXT_SLOT
-from .detector import format_items
+from ...errors import InputError
+from ...llm.base import CONTEXT_SLOT
+from .prompts import format_items
 from .testbed import TestbedItem
 
 __all__ = [
@@ -120,7 +120,7 @@ class EmbeddingJudge:
     def embedder(self) -> Any:
         """The embedder (loaded on first use)."""
         if self._emb is None:
-            from ..models import get_embedder
+            from ...models import get_embedder
 
             self._emb = get_embedder(str(self._emb_setting))
         return self._emb
@@ -190,7 +190,7 @@ class LLMJudge:
     """
 
     def __init__(self, generator: Any, template: str = LLM_JUDGE_TEMPLATE, max_new_tokens: int = 24) -> None:
-        from ..llm.spec import build_generator
+        from ...llm.spec import build_generator
 
         self.generator = build_generator(generator)
         self.template = template
@@ -198,7 +198,7 @@ class LLMJudge:
 
     def judge(self, items: Sequence[TestbedItem], answers: Sequence[str]) -> list[Judgement]:
         """One batched generator call for all answers."""
-        from ..llm.base import Message
+        from ...llm.base import Message
 
         convs = [
             [Message(role="user", content=self.template.format(
@@ -259,7 +259,7 @@ class SusceptibilityResult(BaseModel):
         }
 
     def fit_rw(self, category: str | None = None, **kwargs: Any) -> Any:
-        """Fit :func:`ctxkit.faithfulness.rescorla_wagner.fit` to the curves.
+        """Fit :func:`ctxkit.faithfulness.steering.rescorla_wagner.fit` to the curves.
 
         Consistency is the appropriate curve; ``100 - cleanliness`` the inappropriate one.
         """
@@ -290,7 +290,7 @@ class SusceptibilityResult(BaseModel):
 
 def answer_messages(item: TestbedItem, template: str = ANSWER_TEMPLATE) -> list[Any]:
     """The chat conversation that asks a generator to answer ``item``."""
-    from ..llm.base import Message
+    from ...llm.base import Message
 
     ctx = format_items([x.render() for x in item.items])
     return [Message(role="user", content=template.format(question=item.question, context=ctx))]
@@ -319,7 +319,7 @@ def measure_susceptibility(
     """
     from tqdm.auto import tqdm
 
-    from ..llm.spec import build_generator
+    from ...llm.spec import build_generator
 
     if not items:
         raise InputError("measure_susceptibility: no testbed items")

@@ -22,9 +22,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .._lazy import require
-from ..errors import ConfigError, InputError
-from ..llm.base import CONTEXT_CLOSE, CONTEXT_OPEN
+from ..._lazy import require
+from ...errors import ConfigError, InputError
+from ...llm.base import CONTEXT_CLOSE, CONTEXT_OPEN
 from ._steps import StepTracker
 
 __all__ = ["AdaCADLogitsProcessor", "CADLogitsProcessor", "cad_combine", "js_divergence"]

@@ -15,7 +15,7 @@ probability of "inappropriate" per item):
   --export-head``).
 * :class:`LLMDetector` — asks a generator to name the inappropriate items
   (``"inappropriate: 2, 5; use: 1, 3, 4"``), one batched generator call for all lists; with a
-  model fine-tuned by :mod:`ctxkit.faithfulness.steer_train` this is its stage-1 identification.
+  model fine-tuned by :mod:`ctxkit.faithfulness.steering.train` this is its stage-1 identification.
 """
 
 from __future__ import annotations
@@ -29,20 +29,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .._lazy import require
-from ..errors import InputError, ModelNotAvailableError
-from ..llm.base import CONTEXT_SLOT
+from ..._lazy import require
+from ...errors import InputError, ModelNotAvailableError
+from .prompts import IDENTIFY_TEMPLATE, format_items, parse_identification
 
 __all__ = [
     "DEFAULT_HEAD",
     "FEATURE_NAMES",
-    "IDENTIFY_TEMPLATE",
     "ItemDetector",
     "LLMDetector",
     "SetDetector",
     "default_detector",
-    "format_items",
-    "parse_identification",
     "set_features",
 ]
 
@@ -55,7 +52,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 """Set features of an item among the distinct items of its list (see :func:`set_features`)."""
 
 _STOP = frozenset(
-    "a an the of to in on for and or is are was were be been by with as at from that this it its his her "
+    "a an the of to in on for and or is are was were be been by with as at from that this it its his her "  # noqa: SIM905
     "their he she they them which who what when where why how does do did not no can could will would should "
     "may might has have had there than then into about over also such but if so".split()
 )
@@ -177,7 +174,7 @@ class SetDetector:
     def embedder(self) -> Any:
         """The embedder (loaded on first use)."""
         if self._embedder is None:
-            from ..models import get_embedder
+            from ...models import get_embedder
 
             self._embedder = get_embedder(str(self._embedder_setting))
         return self._embedder
@@ -414,12 +411,12 @@ def default_detector(threshold: float | None = None) -> SetDetector:
         ModelNotAvailableError: the packaged head file is missing.
     """
     try:
-        ref = resources.files("ctxkit.faithfulness") / "data" / DEFAULT_HEAD
+        ref = resources.files("ctxkit.faithfulness.steering") / "data" / DEFAULT_HEAD
         text = ref.read_text(encoding="utf-8")
     except (FileNotFoundError, OSError) as exc:
         raise ModelNotAvailableError(
             "the packaged steering detector head is missing; train one with "
-            "`python benchmarks/steering.py --export-head ctxkit/faithfulness/data/steering_head.json`"
+            "`python benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/steering_head.json`"
         ) from exc
     head = json.loads(text)
     return SetDetector(head.get("embedder", "default"), head, threshold=threshold)
@@ -427,62 +424,19 @@ def default_detector(threshold: float | None = None) -> SetDetector:
 
 # -- LLM identification ----------------------------------------------------------------------------
 
-IDENTIFY_TEMPLATE = (
-    "Some of the numbered context items below may be inappropriate: false or misleading claims, "
-    "hateful content, or private personal information. Decide which items are inappropriate and "
-    "which can be used to answer the question.\n\n"
-    + CONTEXT_SLOT
-    + "\n\n"
-    "Question: {question}\n"
-    "Reply in the form: inappropriate: <item numbers or none>; use: <item numbers>"
-)
-
-
-def format_items(items: Sequence[str]) -> str:
-    """Numbered items, one per line: ``[1] text``."""
-    return "\n".join(f"[{i}] {t}" for i, t in enumerate(items, 1))
-
-
-_FIELD = re.compile(r"(inappropriate|use|answer)\s*:", re.IGNORECASE)
-
-
-def _numbers(text: str, n_items: int | None) -> list[int]:
-    vals = sorted({int(v) for v in re.findall(r"\d+", text)})
-    return [v for v in vals if v >= 1 and (n_items is None or v <= n_items)]
-
-
-def parse_identification(text: str, n_items: int | None = None) -> tuple[list[int], list[int], str]:
-    """Parse ``"inappropriate: 3, 7; use: 1, 2; answer: ..."``.
-
-    Returns:
-        ``(inappropriate, use, answer)``: 1-based indices (out-of-range numbers dropped) and the
-        answer text ("" when absent). Missing fields give empty lists.
-    """
-    parts: dict[str, str] = {}
-    marks = list(_FIELD.finditer(text or ""))
-    for k, m in enumerate(marks):
-        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
-        key = m.group(1).lower()
-        if key not in parts:
-            parts[key] = text[m.end() : end]
-    answer = parts.get("answer", "").strip()
-    bad = [] if re.match(r"\s*none", parts.get("inappropriate", ""), re.IGNORECASE) else _numbers(parts.get("inappropriate", ""), n_items)
-    return bad, _numbers(parts.get("use", ""), n_items), answer
-
-
 class LLMDetector:
     """Detector that asks a generator which items are inappropriate (one batched call).
 
     Args:
         generator: Any :class:`~ctxkit.llm.base.Generator` or a spec for
             :func:`ctxkit.llm.build_generator` (e.g. the directory of a model fine-tuned with
-            :func:`ctxkit.faithfulness.steer_train.train_rw_steering`).
+            :func:`ctxkit.faithfulness.steering.train.train_rw_steering`).
         template: Prompt with ``{question}`` and ``{context}``.
         max_new_tokens: Generation budget for the identification.
     """
 
     def __init__(self, generator: Any, template: str = IDENTIFY_TEMPLATE, max_new_tokens: int = 48) -> None:
-        from ..llm.spec import build_generator
+        from ...llm.spec import build_generator
 
         self.generator = build_generator(generator)
         self.template = template
@@ -491,7 +445,7 @@ class LLMDetector:
 
     def score(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """1.0 for items the model names as inappropriate, else 0.0 (failed calls: all 0)."""
-        from ..llm.base import Message
+        from ...llm.base import Message
 
         if len(queries) != len(item_lists):
             raise InputError(f"{len(queries)} queries for {len(item_lists)} item lists")

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from .index import Document
+from ...errors import InputError
+from .documents import Document
 
 __all__ = ["SUPPORTED_SUFFIXES", "LoadLog", "doc_id_for_path", "iter_files", "load_documents"]
 
@@ -33,6 +33,7 @@ class LoadLog:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def skip(self, where: str, reason: str) -> None:
+        """Record (and log) a skipped file or line."""
         self.skipped.append((where, reason))
         log.warning("skipped %s: %s", where, reason)
 

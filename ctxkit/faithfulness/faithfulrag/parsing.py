@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["parse_list", "parse_json_answer", "JsonAnswer", "clean_field"]
+__all__ = ["JsonAnswer", "clean_field", "parse_json_answer", "parse_list"]
 
 # A list marker at the start of a line: "1.", "1)", "(1)", "-", "*", "•", "Fact 1:", "Step 2 -".
 # The marker must be followed by whitespace (or end the label with ":"), so a digit *inside* an

@@ -11,7 +11,7 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from ..models import Embedder, get_embedder
+from ...models import Embedder, get_embedder
 
 __all__ = ["CtxkitEmbeddingFunction"]
 
@@ -33,6 +33,7 @@ class CtxkitEmbeddingFunction(EmbeddingFunction[Documents]):
 
     @property
     def embedder(self) -> Embedder:
+        """The ctxkit embedder (loaded on first use)."""
         if self._embedder is None:
             self._embedder = get_embedder(self.model, device=self.device)
         return self._embedder

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import InputError
-from ..types import ContextState, Passage
+from ...errors import InputError
+from ...types import ContextState, Passage
 
 __all__ = [
     "CATEGORIES",

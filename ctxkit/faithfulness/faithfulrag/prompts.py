@@ -8,12 +8,12 @@ question or the instructions.
 from __future__ import annotations
 
 __all__ = [
+    "LETTERS",
+    "answer_prompt",
+    "facts_prompt",
+    "format_choices",
     "knowledge_prompt",
     "self_context_prompt",
-    "facts_prompt",
-    "answer_prompt",
-    "format_choices",
-    "LETTERS",
 ]
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -78,8 +78,10 @@ def answer_prompt(
     """
     open_, close = markers or ("", "")
     parts = [
-        "Answer the question using the context below. The context is the authority: if it "
-        "disagrees with what you believe, follow the context."
+        (
+            "Answer the question using the context below. The context is the authority: if it "
+            "disagrees with what you believe, follow the context."
+        )
     ]
     parts.append(f"Context:\n{open_}{context}{close}")
     if facts:

@@ -25,21 +25,24 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..errors import InputError
-from ..pipeline import BaseStage
-from ..types import ContextState
-from .conflicts import Belief, ConflictDetector, format_conflicts, split_chunks
+from ...errors import InputError
+from ...pipeline import BaseStage
+from ...types import ContextState
+from ..conflicts.beliefs import Belief
+from ..conflicts.detector import ConflictDetector
+from ..conflicts.stage import format_conflicts
+from ..conflicts.text import split_chunks
 from .parsing import parse_json_answer, parse_list
 from .prompts import LETTERS, answer_prompt, facts_prompt, knowledge_prompt, self_context_prompt
 
 __all__ = [
-    "SelfKnowledge",
-    "SelfContext",
-    "FactExtraction",
-    "SelfFacts",
     "FactAligner",
-    "SelfThinkAnswer",
+    "FactExtraction",
     "FaithfulRAG",
+    "SelfContext",
+    "SelfFacts",
+    "SelfKnowledge",
+    "SelfThinkAnswer",
     "context_of",
 ]
 
@@ -56,7 +59,7 @@ class _GeneratorStage(BaseStage):
     max_new_tokens: int = Field(256, ge=1)
 
     def warm_up(self) -> None:
-        from ..llm.spec import build_generator
+        from ...llm.spec import build_generator
 
         self._gen = build_generator(self.generator)
 
@@ -64,7 +67,7 @@ class _GeneratorStage(BaseStage):
         cfg = super().to_config()
         gen = self.generator
         if not isinstance(gen, str | dict):
-            from ..llm.spec import generator_spec
+            from ...llm.spec import generator_spec
 
             spec = generator_spec(gen)
             cfg["generator"] = spec if spec is not None else repr(gen)
@@ -77,7 +80,7 @@ class _GeneratorStage(BaseStage):
 
     def _generate(self, states: list[ContextState], prompts: list[str], step: str) -> list[str | None]:
         """One generator call for the batch; failures are recorded on their item (None)."""
-        from ..llm.base import Message, SamplingSettings
+        from ...llm.base import Message, SamplingSettings
 
         if not prompts:
             return []
@@ -85,7 +88,7 @@ class _GeneratorStage(BaseStage):
         batch = [[Message(role="user", content=p)] for p in prompts]
         try:
             gens = self._gen.generate(batch, settings)
-        except Exception as exc:  # a broken backend fails every item of this step, not the run
+        except Exception as exc:  # noqa: BLE001 - a broken backend fails every item of this step, not the run
             for s in states:
                 s.trace.errors.append(f"{self.name}/{step}: generator failed: {exc}")
                 s.trace.count("faithful.generation_errors")
@@ -103,7 +106,7 @@ class _GeneratorStage(BaseStage):
 
 def _fallback_items(text: str) -> list[str]:
     """Lines (or sentences) of an output that has no list markers."""
-    from ..retrievers.chunking import split_sentences
+    from ...retrievers.chunking import split_sentences
 
     lines = [ln.strip(" -*•\t") for ln in text.splitlines() if ln.strip()]
     if len(lines) <= 1:
@@ -205,7 +208,7 @@ class FactAligner(BaseStage):
     detect_conflicts: bool = True
 
     def warm_up(self) -> None:
-        from ..models import get_embedder
+        from ...models import get_embedder
 
         self._emb = get_embedder(self.embedder, device=self.device)
         self._detector = ConflictDetector(self.embedder, device=self.device)
@@ -258,7 +261,7 @@ class FactAligner(BaseStage):
         return states
 
     def _conflicts(self, states: list[ContextState]) -> None:
-        from ..types import Passage
+        from ...types import Passage
 
         beliefs, passages = [], []
         for s in states:

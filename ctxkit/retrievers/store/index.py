@@ -24,15 +24,17 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._lazy import require
-from ..errors import ConfigError, IndexNotFoundError, InputError
-from .chunking import chunk_text
+from ...errors import ConfigError, IndexNotFoundError, InputError
+from ..chunking import chunk_text
+from .bm25_index import load_bm25, save_bm25, saved_generation
+from .clients import chroma_client
+from .documents import Document, as_document, sanitize_meta
+from .report import IngestReport
 
-__all__ = ["DEFAULT_COLLECTION", "MANIFEST", "Document", "Index", "IngestReport", "ingest"]
+__all__ = ["DEFAULT_COLLECTION", "MANIFEST", "Index"]
 
 log = logging.getLogger(__name__)
 
@@ -46,68 +48,6 @@ _DEFAULTS: dict[str, Any] = {
     "chunk_overlap": 30,
     "chunk_unit": "words",
 }
-
-
-@dataclass
-class Document:
-    """A document to index.
-
-    Attributes:
-        id: Stable document id (a file path, a BEIR ``_id``...). Chunk ids derive from it.
-        text: The full text.
-        title: Optional title, prepended to every chunk (it often carries the topic).
-        metadata: Scalars kept on every chunk (filterable with ``where``).
-    """
-
-    id: str
-    text: str
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did.
-
-    Attributes:
-        documents: Documents seen.
-        written: Documents (re)written because they were new or changed.
-        unchanged: Documents skipped because the index already held the same text.
-        chunks_written: Chunks embedded and upserted.
-        chunks_deleted: Stale chunks removed from changed documents.
-        skipped: ``(where, reason)`` for every file or line that could not be read.
-        files: Files read (filled by the CLI / :func:`ingest` when given paths).
-        seconds: Wall time.
-    """
-
-    documents: int = 0
-    written: int = 0
-    unchanged: int = 0
-    chunks_written: int = 0
-    chunks_deleted: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    files: int = 0
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        """One line for humans."""
-        return (
-            f"{self.documents} documents ({self.written} written, {self.unchanged} unchanged), "
-            f"{self.chunks_written} chunks written, {self.chunks_deleted} stale chunks deleted, "
-            f"{len(self.skipped)} skipped, in {self.seconds:.1f}s"
-        )
-
-
-def _sanitize_meta(meta: dict[str, Any]) -> dict[str, str | int | float | bool]:
-    out: dict[str, str | int | float | bool] = {}
-    for k, v in meta.items():
-        if v is None:
-            continue
-        if isinstance(v, bool | int | float | str):
-            out[str(k)] = v
-        else:
-            out[str(k)] = json.dumps(v, ensure_ascii=False, default=str)
-    return out
 
 
 class Index:
@@ -206,7 +146,7 @@ class Index:
                 "bm25": {"stemmer": "english", "stopwords": "en", "k1": 1.5, "b": 0.75},
                 "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }
-            from .. import __version__
+            from ... import __version__
 
             self.manifest["ctxkit_version"] = __version__
             self.path.mkdir(parents=True, exist_ok=True)
@@ -219,14 +159,17 @@ class Index:
     # -- settings ---------------------------------------------------------------------------------
     @property
     def collection_name(self) -> str:
+        """The Chroma collection's name."""
         return str(self.manifest["collection"])
 
     @property
     def embedding_model(self) -> str:
+        """The embedder the index was built with (queries must use the same)."""
         return str(self.manifest["embedding_model"])
 
     @property
     def server_mode(self) -> bool:
+        """True when the vectors live in a Chroma server."""
         return self._host is not None
 
     @classmethod
@@ -242,6 +185,7 @@ class Index:
     # -- SQLite chunk store -----------------------------------------------------------------------
     @property
     def db(self) -> sqlite3.Connection:
+        """The SQLite chunk store (opened, and its tables created, on first use)."""
         if self._db is None:
             db = sqlite3.connect(self.path / "chunks.sqlite", check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -268,9 +212,11 @@ class Index:
         return int(row[0]) if row else 0
 
     def count_chunks(self) -> int:
+        """Chunks in the chunk store."""
         return int(self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
     def count_documents(self) -> int:
+        """Documents in the chunk store."""
         return int(self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
     def get_chunks(self, ids: list[str]) -> dict[str, tuple[str, str, int, dict[str, Any]]]:
@@ -291,13 +237,14 @@ class Index:
     def embedding_function(self) -> Any:
         """ctxkit's chromadb embedding function for this index's model."""
         if self._ef is None:
-            from ._chroma_ef import CtxkitEmbeddingFunction
+            from .embedding_function import CtxkitEmbeddingFunction
 
             self._ef = CtxkitEmbeddingFunction(model=self.embedding_model, device=self.device)
         return self._ef
 
     @property
     def client(self) -> Any:
+        """The chromadb client (embedded ``path/chroma`` or the server)."""
         if self._client is None:
             self._client = chroma_client(
                 path=None if self.server_mode else self.path / "chroma",
@@ -309,6 +256,7 @@ class Index:
 
     @property
     def collection(self) -> Any:
+        """The Chroma collection (created on first use, cosine space)."""
         if self._collection is None:
             self._collection = self.client.get_or_create_collection(
                 self.collection_name,
@@ -321,7 +269,7 @@ class Index:
     # -- writing -----------------------------------------------------------------------------------
     def _hash(self, doc: Document) -> str:
         h = hashlib.sha256()
-        for part in (doc.title, doc.text, json.dumps(_sanitize_meta(doc.metadata), sort_keys=True)):
+        for part in (doc.title, doc.text, json.dumps(sanitize_meta(doc.metadata), sort_keys=True)):
             h.update(part.encode("utf-8", "surrogatepass"))
             h.update(b"\x00")
         s = self.manifest
@@ -379,7 +327,7 @@ class Index:
         try:
             batch: list[Document] = []
             for raw in documents:
-                batch.append(_as_document(raw))
+                batch.append(as_document(raw))
                 if len(batch) >= batch_size:
                     self._write_batch(batch, report)
                     bar.update(len(batch))
@@ -422,7 +370,7 @@ class Index:
         metas: list[dict[str, Any]] = []
         stale: list[str] = []
         for doc, _h, chunks in todo:
-            base = _sanitize_meta(doc.metadata)
+            base = sanitize_meta(doc.metadata)
             for i, text in enumerate(chunks):
                 chunk_ids.append(f"{doc.id}#{i}")
                 texts.append(text)
@@ -489,43 +437,30 @@ class Index:
     # -- BM25 --------------------------------------------------------------------------------------
     @property
     def bm25_dir(self) -> Path:
+        """The folder of the saved BM25 index."""
         return self.path / "bm25"
 
     def bm25_is_current(self) -> bool:
         """True when the saved BM25 index covers the chunk store's current generation."""
-        state = self.bm25_dir / "ctxkit_state.json"
-        if not state.exists():
-            return False
-        try:
-            return int(json.loads(state.read_text())["generation"]) == self.generation
-        except (OSError, ValueError, KeyError):
-            return False
+        saved = saved_generation(self.bm25_dir)
+        return saved is not None and saved == self.generation
 
     def rebuild_bm25(self, show_progress: bool = False) -> None:
         """Rebuild the BM25 index from every chunk (BM25 statistics are global) and save it."""
-        from .bm25 import build_bm25
-
         generation = self.generation
         rows = list(self.iter_chunks())
-        tmp = self.path / "bm25.tmp"
-        if tmp.exists():
-            _rmtree(tmp)
-        tmp.mkdir()
-        settings = self.manifest.get("bm25", {})
-        ids = [r[0] for r in rows]
-        if rows:
-            model = build_bm25([r[1] for r in rows], settings, show_progress=show_progress)
-            model.save(str(tmp), show_progress=False)
-        (tmp / "ctxkit_ids.json").write_text(json.dumps(ids), encoding="utf-8")
-        (tmp / "ctxkit_state.json").write_text(json.dumps({"generation": generation, "n": len(ids)}))
-        old = self.path / "bm25.old"
-        if old.exists():
-            _rmtree(old)
-        if self.bm25_dir.exists():
-            self.bm25_dir.rename(old)
-        tmp.rename(self.bm25_dir)
-        if old.exists():
-            _rmtree(old)
+        save_bm25(
+            self.bm25_dir, [r[0] for r in rows], [r[1] for r in rows], self.manifest.get("bm25", {}),
+            generation, show_progress=show_progress,
+        )
+
+    def load_bm25(self) -> tuple[list[str], int, Any]:
+        """The saved BM25 index: ``(chunk ids, generation it covers, bm25s.BM25 or None if empty)``.
+
+        Raises:
+            IndexNotFoundError: no BM25 index was saved (no ingest finished yet).
+        """
+        return load_bm25(self.bm25_dir, self.path)
 
     def close(self) -> None:
         """Close the SQLite connection (Chroma clients close with the process)."""
@@ -536,117 +471,3 @@ class Index:
     def __repr__(self) -> str:
         mode = f"server {self._host}:{self._port}" if self.server_mode else "embedded"
         return f"Index({str(self.path)!r}, collection={self.collection_name!r}, {mode})"
-
-
-def _rmtree(p: Path) -> None:
-    import shutil
-
-    shutil.rmtree(p, ignore_errors=True)
-
-
-def _as_document(raw: Document | dict[str, Any]) -> Document:
-    if isinstance(raw, Document):
-        doc = raw
-    elif isinstance(raw, dict):
-        doc_id = raw.get("id", raw.get("_id"))
-        if doc_id is None:
-            raise InputError(f"a document dict needs an 'id' (or '_id'); got keys {sorted(raw)}")
-        doc = Document(
-            id=str(doc_id), text=raw.get("text", ""), title=str(raw.get("title") or ""),
-            metadata=dict(raw.get("metadata") or {}),
-        )
-    else:
-        raise InputError(f"documents must be Document objects or dicts, got {type(raw).__name__}")
-    if not doc.id or "#" in doc.id and doc.id.rsplit("#", 1)[-1].isdigit():
-        raise InputError(f"invalid document id {doc.id!r}: must be non-empty and not end in '#<number>'")
-    if not isinstance(doc.text, str):
-        raise InputError(f"document {doc.id!r}: text must be a string")
-    return doc
-
-
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def chroma_client(
-    path: str | Path | None = None, host: str | None = None, port: int = 8000, ssl: bool = False,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    """A chromadb client: embedded ``PersistentClient(path)`` or ``HttpClient(host, port)``.
-
-    Telemetry is off. Clients are shared per process (Chroma wants one client per path).
-    """
-    chromadb = require("chromadb")
-    from chromadb.config import Settings
-
-    settings = Settings(anonymized_telemetry=False)
-    if host:
-        key: tuple[Any, ...] = ("http", host, port, ssl, json.dumps(headers, sort_keys=True))
-        if key not in _CLIENTS:
-            try:
-                _CLIENTS[key] = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=headers, settings=settings)
-            except Exception as exc:  # chromadb raises plain ValueError/ConnectionError here
-                raise IndexNotFoundError(
-                    f"cannot reach the Chroma server at {host}:{port} ({exc}); start it with "
-                    f"`chroma run --path DIR --host {host} --port {port}`"
-                ) from exc
-        return _CLIENTS[key]
-    if path is None:
-        raise ConfigError("chroma_client: pass a path (embedded) or a host (server mode)")
-    p = str(Path(path).expanduser().resolve())
-    key = ("path", p)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = chromadb.PersistentClient(path=p, settings=settings)
-    return _CLIENTS[key]
-
-
-def ingest(
-    paths_or_docs: str | Path | Iterable[str | Path | Document | dict[str, Any]],
-    index: str | Path | Index,
-    *,
-    show_progress: bool = False,
-    batch_size: int = 256,
-    **settings: Any,
-) -> IngestReport:
-    """Ingest files, folders or documents into the index folder ``index`` (created if needed).
-
-    Args:
-        paths_or_docs: A path, or an iterable of paths (files/folders: ``.md``, ``.txt``,
-            ``.jsonl``), :class:`Document` objects or document dicts.
-        index: An index folder or an open :class:`Index`.
-        show_progress: Show progress bars.
-        batch_size: Documents per write batch.
-        **settings: Index settings for a new index (``embedding_model``, ``chunk_size``,
-            ``chunk_overlap``, ``chunk_unit``, ``collection``, ``host``, ``port``, ``device``).
-
-    Returns:
-        An :class:`IngestReport` (unreadable files are listed in ``skipped``, never raised).
-
-    Example:
-        >>> report = ingest(["docs/", "notes.txt"], index="./index")
-        >>> print(report.summary())
-    """
-    from .loaders import LoadLog, load_documents
-
-    idx = index if isinstance(index, Index) else Index(index, **settings)
-    if isinstance(paths_or_docs, str | Path):
-        paths_or_docs = [paths_or_docs]
-    items = list(paths_or_docs) if not isinstance(paths_or_docs, Iterator) else paths_or_docs
-    load_log = LoadLog()
-
-    def docs() -> Iterator[Document | dict[str, Any]]:
-        pending: list[str | Path] = []
-        for item in items:
-            if isinstance(item, str | Path):
-                pending.append(item)
-                continue
-            if pending:
-                yield from load_documents(pending, load_log)
-                pending = []
-            yield item
-        if pending:
-            yield from load_documents(pending, load_log)
-
-    report = idx.add(docs(), show_progress=show_progress, batch_size=batch_size)
-    report.skipped.extend(load_log.skipped)
-    report.files = load_log.files
-    return report

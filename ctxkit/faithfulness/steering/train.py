@@ -9,7 +9,8 @@ says models are hurt most. The loss covers only the target tokens. Checkpoints a
 Output layout under ``output_dir``: ``stage1/`` and ``stage2/`` (Trainer checkpoints,
 ``final/``, ``done.json``) and ``final/`` (the model to use, loadable by
 :class:`~ctxkit.llm.TransformersGenerator`; plug it into the steering stage with
-:func:`steering_detector`).
+:func:`steering_detector`). The prompt and target formats live in
+:mod:`ctxkit.faithfulness.steering.prompts` (importable without torch or transformers).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._lazy import require
-from ..errors import ConfigError, InputError
-from ..llm.base import CONTEXT_SLOT
-from .detector import LLMDetector, format_items, parse_identification
+from ..._lazy import require
+from ...errors import ConfigError, InputError
+from .detectors import LLMDetector
+from .prompts import STEER_TEMPLATE, format_items, parse_identification, steering_target
 from .testbed import TestbedItem
 
 __all__ = [
-    "STEER_TEMPLATE",
     "SteerExample",
     "SteerTrainConfig",
     "build_sft_examples",
@@ -38,23 +38,11 @@ __all__ = [
     "split_stages",
     "steered_messages",
     "steering_detector",
-    "steering_target",
     "target_loss",
     "train_rw_steering",
 ]
 
 log = logging.getLogger(__name__)
-
-STEER_TEMPLATE = (
-    "Some numbered context items below may be inappropriate (false, hateful or private). First "
-    "name the inappropriate items and the items to use, then answer the question from the usable "
-    "items only.\n\n"
-    + CONTEXT_SLOT
-    + "\n\n"
-    "Question: {question}\n"
-    "Reply as: inappropriate: <numbers or none>; use: <numbers>; answer: <answer>"
-)
-
 
 class SteerExample(BaseModel):
     """One SFT example: the user prompt and the target the model must produce."""
@@ -67,16 +55,9 @@ class SteerExample(BaseModel):
     target: str
 
 
-def steering_target(item: TestbedItem, answer: str | None = None) -> str:
-    """``"inappropriate: 3, 7; use: 1, 2, 4; answer: <reference>"`` for ``item``."""
-    bad = ", ".join(map(str, item.inappropriate_indices)) or "none"
-    use = ", ".join(map(str, item.appropriate_indices)) or "none"
-    return f"inappropriate: {bad}; use: {use}; answer: {answer if answer is not None else item.reference}"
-
-
 def steered_messages(item_or_question: TestbedItem | str, items: Sequence[str] | None = None) -> list[Any]:
     """The chat conversation used in training and at inference (``STEER_TEMPLATE``)."""
-    from ..llm.base import Message
+    from ...llm.base import Message
 
     if isinstance(item_or_question, TestbedItem):
         q, texts = item_or_question.question, [x.render() for x in item_or_question.items]
@@ -171,7 +152,7 @@ class _Collator:
 
 
 def _encode(examples: Sequence[SteerExample], gen: Any, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
-    from ..llm.base import Message
+    from ...llm.base import Message
 
     tok = gen.tokenizer
     eos = tok.eos_token or ""
@@ -273,7 +254,7 @@ def train_rw_steering(
     if not stage1:
         raise InputError("train_rw_steering: stage 1 needs examples")
     torch = require("torch")
-    from ..llm.transformers import TransformersGenerator
+    from ...llm.transformers import TransformersGenerator
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -319,7 +300,7 @@ def target_loss(model: Any, examples: Sequence[SteerExample], *, batch_size: int
         examples: SFT examples.
     """
     torch = require("torch")
-    from ..llm.transformers import TransformersGenerator
+    from ...llm.transformers import TransformersGenerator
 
     gen = model if isinstance(model, TransformersGenerator) else TransformersGenerator(str(model), device="cpu", dtype="float32")
     gen.warm_up()
@@ -347,9 +328,9 @@ def target_loss(model: Any, examples: Sequence[SteerExample], *, batch_size: int
 def steering_detector(model_dir: str | Path, **generator_settings: Any) -> LLMDetector:
     """An :class:`LLMDetector` that uses a fine-tuned model's stage-1 identification.
 
-    Plug it into :class:`~ctxkit.faithfulness.steering.SteeringFilter` (``detector=...``).
+    Plug it into :class:`~ctxkit.faithfulness.steering.stage.SteeringFilter` (``detector=...``).
     """
-    from ..llm.transformers import TransformersGenerator
+    from ...llm.transformers import TransformersGenerator
 
     gen = TransformersGenerator(str(model_dir), **generator_settings)
     return LLMDetector(gen, template=STEER_TEMPLATE)
