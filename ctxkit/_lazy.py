@@ -24,6 +24,11 @@ _EXTRA_OF = {
     "sklearn": "science",
     "peft": "train",
     "httpx": "openai",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "mcp": "serve",
+    "psycopg": "postgres",
 }
 
 

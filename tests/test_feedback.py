@@ -1,11 +1,11 @@
-"""Feedback store: real SQLite files, concurrent threads and processes, crash mid-transaction."""
+"""Feedback store: real SQLite files and a real PostgreSQL server (the same tests on both
+backends), concurrent threads and processes, crash mid-transaction."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import signal
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -19,8 +19,8 @@ def _state(q: str, ids: list[str]) -> ContextState:
     return ContextState(query=q, passages=[Passage(id=i, text=f"text {i}", scores={"bm25": float(n)}) for n, i in enumerate(ids)])
 
 
-def test_record_list_and_events_roundtrip(tmp_path: Path) -> None:
-    store = FeedbackStore(tmp_path / "fb.sqlite")
+def test_record_list_and_events_roundtrip(feedback_location: str) -> None:
+    store = FeedbackStore(feedback_location)
     s = _state("who?", ["a", "b", "c"])
     lid = store.record_list(s)
     assert lid == s.trace.list_id
@@ -42,8 +42,8 @@ def test_record_list_and_events_roundtrip(tmp_path: Path) -> None:
         store.record_list(s)
 
 
-def test_bad_events_are_rejected_and_leave_nothing(tmp_path: Path) -> None:
-    store = FeedbackStore(tmp_path / "fb.sqlite")
+def test_bad_events_are_rejected_and_leave_nothing(feedback_location: str) -> None:
+    store = FeedbackStore(feedback_location)
     lid = store.record_list(_state("q", ["a"]))
     with pytest.raises(UnknownListError, match="record the shown list first"):
         store.record_event("nope", "like")
@@ -53,6 +53,8 @@ def test_bad_events_are_rejected_and_leave_nothing(tmp_path: Path) -> None:
         store.record_event(lid, float("nan"))
     with pytest.raises(InputError):
         store.record_event(lid, True)  # type: ignore[arg-type]
+    with pytest.raises(UnknownListError):
+        store.record_event(["not", "an", "id"], "like")  # type: ignore[arg-type]
     assert store.count()["events"] == 0
     assert isinstance(UnknownListError("x"), InputError)
 
@@ -68,6 +70,58 @@ def test_custom_label_mapping(tmp_path: Path) -> None:
         FeedbackStore(tmp_path / "x.sqlite", labels={"bad": float("inf")})
     with pytest.raises(ConfigError):
         FeedbackStore(":memory:")
+
+
+def _same_id_writer(path: str, list_id: str, n: int) -> None:
+    store = FeedbackStore(path)
+    for i in range(n):
+        s = _state(f"race-{i}", [f"r{i}-a", f"r{i}-b"])
+        s.trace.list_id = f"{list_id}-{i}"
+        store.record_list(s)  # every writer records the same lists: no key error, no duplicate
+        store.record_event(s.trace.list_id, "like")
+    store.close()
+
+
+def test_writers_racing_on_the_same_list_ids(feedback_location: str) -> None:
+    FeedbackStore(feedback_location)
+    threads = [threading.Thread(target=_same_id_writer, args=(feedback_location, "same", 20)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = FeedbackStore(feedback_location)
+    assert store.count() == {"lists": 20, "events": 80}
+    assert all(sl.rewards == [1.0] * 4 for sl in store.lists())
+
+
+def test_close_all_closes_every_thread_connection_and_reopens(feedback_location: str) -> None:
+    store = FeedbackStore(feedback_location)
+    lid = store.record_list(_state("q", ["a"]))
+    t = threading.Thread(target=store.record_event, args=(lid, "like"))
+    t.start()
+    t.join()
+    assert len(store._open) == 2
+    store.close_all()
+    assert store._open == []
+    assert store.record_event(lid, "dislike") == -1.0  # a fresh connection after close_all
+    assert store.count() == {"lists": 1, "events": 2}
+
+
+def test_postgres_url_gives_the_postgres_backend_with_the_same_schema(postgres_url: str, tmp_path: Path) -> None:
+    from ctxkit.rankers.feedback_postgres import PostgresFeedbackStore
+
+    pg = FeedbackStore(postgres_url)
+    assert isinstance(pg, PostgresFeedbackStore) and isinstance(pg, FeedbackStore)
+    lite = FeedbackStore(tmp_path / "fb.sqlite")
+    cols = pg._execute(pg._con, "SELECT table_name, column_name FROM information_schema.columns "
+                                "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position").fetchall()
+    lite_cols = [(t, r[1]) for t in ("events", "lists") for r in lite._con.execute(f"PRAGMA table_info({t})")]
+    assert [tuple(c) for c in cols] == lite_cols
+    with pytest.raises(InputError, match="NUL"):
+        pg.record_list(_state("bad\x00query", ["a"]))
+    assert pg.count() == {"lists": 0, "events": 0}
+    with pytest.raises(ConfigError, match="cannot connect"):
+        FeedbackStore("postgresql://nobody@127.0.0.1:1/none", timeout=1)
 
 
 def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
@@ -87,8 +141,8 @@ def _writer(path: str, tag: str, n: int) -> None:
     store.close()
 
 
-def test_concurrent_threads_and_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "fb.sqlite")
+def test_concurrent_threads_and_processes(feedback_location: str) -> None:
+    path = feedback_location
     FeedbackStore(path)
     n = 25
     ctx = mp.get_context("spawn")
@@ -103,15 +157,14 @@ def test_concurrent_threads_and_processes(tmp_path: Path) -> None:
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    con = sqlite3.connect(path)
-    ids = [r[0] for r in con.execute("SELECT list_id FROM lists")]
+    got = FeedbackStore(path).lists()
+    ids = [sl.list_id for sl in got]
     assert len(ids) == len(set(ids)) == 7 * n
-    ev = con.execute("SELECT list_id, COUNT(*) FROM events GROUP BY list_id").fetchall()
-    assert len(ev) == 7 * n and all(c == 1 for _, c in ev)
+    assert all(len(sl.rewards) == 1 for sl in got)
     assert set(ids) == {f"{tag}-{i}" for tag in [f"p{j}" for j in range(3)] + [f"t{j}" for j in range(4)] for i in range(n)}
 
 
-def _crash_inside_transaction(path: str, ready: "mp.synchronize.Event") -> None:  # type: ignore[name-defined]
+def _crash_inside_transaction(path: str, ready: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
     store = FeedbackStore(path)
     with store.transaction():
         s = _state("half", ["x", "y"])
@@ -122,8 +175,8 @@ def _crash_inside_transaction(path: str, ready: "mp.synchronize.Event") -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_crash_mid_write_leaves_no_partial_list(tmp_path: Path) -> None:
-    path = str(tmp_path / "fb.sqlite")
+def test_crash_mid_write_leaves_no_partial_list(feedback_location: str) -> None:
+    path = feedback_location
     store = FeedbackStore(path)
     keep = _state("kept", ["k"])
     store.record_list(keep)

@@ -1,6 +1,9 @@
 """The feedback store: which exact ordered list was shown for a query, and what happened next.
 
-An embedded SQLite database (stdlib ``sqlite3``, WAL journal, ``busy_timeout``) with two tables:
+An embedded SQLite database by default (stdlib ``sqlite3``, WAL journal, ``busy_timeout``); a
+PostgreSQL server when several service replicas share what users taught the ranker (pass a
+``postgresql://`` URL instead of a path: see :mod:`ctxkit.rankers.feedback_postgres`). Both hold
+the same two tables:
 
 * ``lists``: ``list_id`` (from ``state.trace.list_id``), the query, the ordered items shown (ids,
   texts, every stage's scores, metadata) as JSON, and ``created_at``;
@@ -9,6 +12,8 @@ An embedded SQLite database (stdlib ``sqlite3``, WAL journal, ``busy_timeout``) 
 
 Every write is one transaction: a crash mid-write leaves nothing partial, and several threads
 or processes can write at once (each thread gets its own connection; writers queue on the lock).
+The SQL is written once, with ``?`` placeholders; a backend only says how to connect, how to begin
+a write transaction and how its column types are spelled.
 """
 
 from __future__ import annotations
@@ -32,23 +37,31 @@ __all__ = ["DEFAULT_LABELS", "FeedbackStore", "ShownList", "UnknownEventError", 
 
 DEFAULT_LABELS: dict[str, float] = {"copy": 1.0, "like": 1.0, "dislike": -1.0, "regenerate": -1.0}
 
-_SCHEMA = """
+# The one schema of every backend; {serial} and {real} are the backend's spelling of an
+# auto-incrementing integer key and a double-precision number.
+SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS lists (
     list_id    TEXT PRIMARY KEY,
     query      TEXT NOT NULL,
     items      TEXT NOT NULL,
     source     TEXT NOT NULL DEFAULT 'user',
-    created_at REAL NOT NULL
+    created_at {real} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
-    event_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   {serial},
     list_id    TEXT NOT NULL REFERENCES lists(list_id),
     event      TEXT NOT NULL,
-    reward     REAL NOT NULL,
-    created_at REAL NOT NULL
+    reward     {real} NOT NULL,
+    created_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_list ON events(list_id);
 """
+_SCHEMA = SCHEMA_TEMPLATE.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL")
+
+
+def is_postgres_url(location: object) -> bool:
+    """True when ``location`` is a PostgreSQL connection URL (``postgresql://`` or ``postgres://``)."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
 
 class UnknownListError(InputError):
@@ -98,11 +111,16 @@ def _item(p: Passage) -> dict[str, Any]:
 
 
 class FeedbackStore:
-    """Shown lists and feedback events in a SQLite file.
+    """Shown lists and feedback events in a SQLite file (or a PostgreSQL database).
+
+    ``FeedbackStore("postgresql://user@host:5432/db")`` returns a
+    :class:`~ctxkit.rankers.feedback_postgres.PostgresFeedbackStore` with the same interface and
+    schema (needs ``pip install "ctxkit[postgres]"``), so every setting that names a store
+    (``record_feedback``'s ``store``, ``feedback_ranker``'s ``store``) accepts a URL too.
 
     Args:
-        path: Database file (created with its folder). ``":memory:"`` is refused: feedback must
-            survive the process.
+        path: Database file (created with its folder), or a PostgreSQL URL. ``":memory:"`` is
+            refused: feedback must survive the process.
         labels: Event name -> reward. Defaults to copy/like = +1, dislike/regenerate = -1.
             Numeric rewards (``record_event(list_id, 0.3)``) are always accepted as they are.
         timeout: Seconds a writer waits for the database lock before failing.
@@ -113,14 +131,27 @@ class FeedbackStore:
         >>> store.record_event(state.trace.list_id, "copy")
     """
 
+    #: The statement that opens a write transaction (SQLite takes the write lock at once).
+    _begin_sql = "BEGIN IMMEDIATE"
+
+    def __new__(cls, path: str | os.PathLike[str] = "ctxkit_feedback.sqlite", *args: Any, **kwargs: Any) -> Any:
+        if cls is FeedbackStore and is_postgres_url(path):
+            from .feedback_postgres import PostgresFeedbackStore
+
+            return super().__new__(PostgresFeedbackStore)
+        return super().__new__(cls)
+
     def __init__(
         self, path: str | os.PathLike[str] = "ctxkit_feedback.sqlite", *,
         labels: Mapping[str, float] | None = None, timeout: float = 30.0,
     ) -> None:
         if str(path) == ":memory:":
             raise ConfigError("FeedbackStore needs a file path (an in-memory store would lose feedback)")
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._setup(labels, timeout)
+
+    def _setup(self, labels: Mapping[str, float] | None, timeout: float) -> None:
         labels = dict(DEFAULT_LABELS if labels is None else labels)
         for name, value in labels.items():
             if not isinstance(value, int | float) or not math.isfinite(value):
@@ -128,11 +159,16 @@ class FeedbackStore:
         self.labels = {k.lower(): float(v) for k, v in labels.items()}
         self.timeout = float(timeout)
         self._local = threading.local()
-        self._con  # noqa: B018 - creates the file and the schema now
+        self._open: list[Any] = []  # every connection opened (closed together by close_all)
+        self._open_lock = threading.Lock()
+        self._generation = 0  # bumped by close_all: threads then reconnect on next use
+        self._con  # noqa: B018 - creates the database and the schema now
 
     # -- connections and transactions -------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+    def _connect(self) -> Any:
+        assert self.path is not None
+        # check_same_thread=False only so that close_all() may close it; each thread uses its own.
+        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = NORMAL")
@@ -140,12 +176,22 @@ class FeedbackStore:
         con.executescript(_SCHEMA)
         return con
 
+    def _sql(self, sql: str) -> str:
+        """The backend's spelling of ``sql`` (written with ``?`` placeholders)."""
+        return sql
+
+    def _execute(self, con: Any, sql: str, args: Sequence[Any] = ()) -> Any:
+        return con.execute(self._sql(sql), tuple(args))
+
     @property
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None or getattr(self._local, "pid", None) != os.getpid():
+    def _con(self) -> Any:
+        local = self._local
+        con = getattr(local, "con", None)
+        if con is None or getattr(local, "pid", None) != os.getpid() or getattr(local, "gen", None) != self._generation:
             con = self._connect()
-            self._local.con, self._local.pid, self._local.depth = con, os.getpid(), 0
+            local.con, local.pid, local.depth, local.gen = con, os.getpid(), 0, self._generation
+            with self._open_lock:
+                self._open.append(con)
         return con
 
     @contextlib.contextmanager
@@ -162,7 +208,7 @@ class FeedbackStore:
             finally:
                 self._local.depth -= 1
             return
-        con.execute("BEGIN IMMEDIATE")
+        con.execute(self._begin_sql)
         self._local.depth = 1
         try:
             yield con
@@ -178,8 +224,25 @@ class FeedbackStore:
         """Close this thread's connection."""
         con = getattr(self._local, "con", None)
         if con is not None:
+            with self._open_lock:
+                if con in self._open:
+                    self._open.remove(con)
             con.close()
             self._local.con = None
+
+    def close_all(self) -> None:
+        """Close every connection this store opened, in any thread (e.g. at service shutdown).
+
+        Call it when no other thread is inside a transaction; a thread that uses the store again
+        afterwards opens a fresh connection.
+        """
+        with self._open_lock:
+            cons, self._open = self._open, []
+            self._generation += 1
+        for con in cons:
+            with contextlib.suppress(Exception):
+                con.close()
+        self._local.con = None
 
     # -- writing ---------------------------------------------------------------------------------
     def record_list(self, state: ContextState, *, source: str = "user", passages: Sequence[Passage] | None = None) -> str:
@@ -202,18 +265,20 @@ class FeedbackStore:
         payload = json.dumps(items, default=str, ensure_ascii=False)
         list_id = state.trace.list_id
         with self.transaction() as con:
-            row = con.execute("SELECT items FROM lists WHERE list_id = ?", (list_id,)).fetchone()
-            if row is not None:
-                if row[0] != payload:
+            # ON CONFLICT: two writers racing on one id never fail on the key, the second compares.
+            cur = self._execute(
+                con,
+                "INSERT INTO lists(list_id, query, items, source, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (list_id) DO NOTHING",
+                (list_id, state.query, payload, source, time.time()),
+            )
+            if cur.rowcount == 0:
+                row = self._execute(con, "SELECT items FROM lists WHERE list_id = ?", (list_id,)).fetchone()
+                if row is not None and row[0] != payload:
                     raise InputError(
                         f"list id {list_id!r} is already recorded with other items; a new list needs "
                         "a new id (a fresh ContextState gets one)"
                     )
-                return list_id
-            con.execute(
-                "INSERT INTO lists(list_id, query, items, source, created_at) VALUES (?, ?, ?, ?, ?)",
-                (list_id, state.query, payload, source, time.time()),
-            )
         return list_id
 
     def record_lists(self, states: Sequence[ContextState], *, source: str = "user") -> list[str]:
@@ -254,13 +319,16 @@ class FeedbackStore:
             UnknownEventError: the event name is not in the label mapping.
         """
         name, reward = self.to_reward(event)
+        if not isinstance(list_id, str):
+            raise UnknownListError(f"a list id is a string, got {type(list_id).__name__}")
         with self.transaction() as con:
-            if con.execute("SELECT 1 FROM lists WHERE list_id = ?", (list_id,)).fetchone() is None:
+            if self._execute(con, "SELECT 1 FROM lists WHERE list_id = ?", (list_id,)).fetchone() is None:
                 raise UnknownListError(
                     f"unknown list id {list_id!r}: record the shown list first "
                     "(FeedbackStore.record_list(state), or a pipeline with a record_feedback stage)"
                 )
-            con.execute(
+            self._execute(
+                con,
                 "INSERT INTO events(list_id, event, reward, created_at) VALUES (?, ?, ?, ?)",
                 (list_id, name, reward, time.time()),
             )
@@ -271,13 +339,13 @@ class FeedbackStore:
         """Numbers of recorded lists and events."""
         con = self._con
         return {
-            "lists": con.execute("SELECT COUNT(*) FROM lists").fetchone()[0],
-            "events": con.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+            "lists": int(self._execute(con, "SELECT COUNT(*) FROM lists").fetchone()[0]),
+            "events": int(self._execute(con, "SELECT COUNT(*) FROM events").fetchone()[0]),
         }
 
     def last_event_id(self) -> int:
         """Highest event id so far (0 when empty)."""
-        return int(self._con.execute("SELECT COALESCE(MAX(event_id), 0) FROM events").fetchone()[0])
+        return int(self._execute(self._con, "SELECT COALESCE(MAX(event_id), 0) FROM events").fetchone()[0])
 
     def get(self, list_id: str) -> ShownList:
         """One recorded list with its events."""
@@ -299,6 +367,8 @@ class FeedbackStore:
             list_ids: Only these ids.
             source: Only lists recorded with this source tag.
         """
+        if list_ids is not None and not list_ids:
+            return []
         con = self._con
         sql = "SELECT list_id, query, items, source FROM lists"
         cond, args = [], []
@@ -314,10 +384,10 @@ class FeedbackStore:
         if cond:
             sql += " WHERE " + " AND ".join(cond)
         sql += " ORDER BY created_at, list_id"
-        rows = con.execute(sql, args).fetchall()
+        rows = self._execute(con, sql, args).fetchall()
         events: dict[str, list[tuple[int, float]]] = {}
-        for lid, eid, reward in con.execute("SELECT list_id, event_id, reward FROM events ORDER BY event_id"):
-            events.setdefault(lid, []).append((eid, reward))
+        for lid, eid, reward in self._execute(con, "SELECT list_id, event_id, reward FROM events ORDER BY event_id").fetchall():
+            events.setdefault(lid, []).append((int(eid), float(reward)))
         out = []
         for lid, query, items, src in rows:
             ev = events.get(lid, [])

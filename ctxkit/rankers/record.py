@@ -18,7 +18,8 @@ class RecordFeedback(BaseStage):
     order is exactly what the LLM saw. Then ``pipeline.feedback(state.trace.list_id, "copy")``.
 
     Attributes:
-        store: SQLite file of the feedback store.
+        store: The feedback store: a SQLite file, or a ``postgresql://`` URL for a store that
+            several service replicas share (``pip install "ctxkit[postgres]"``).
         labels: Event name -> reward mapping (default: copy/like +1, dislike/regenerate -1).
         source: Tag stored with the lists.
     """
