@@ -91,6 +91,24 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT encoder + WordPiece tokenizer (the shape of all-MiniLM-L6-v2), saved locally."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    words = sorted({w for line in _CORPUS for w in line.split()} | set("abcdefghijklmnopqrstuvwxyz.,?!'-:_"))
+    (out / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def bench_module():
     """Load a script of ``benchmarks/`` (not a package) as a module: ``bench_module("conflicts")``.
 
@@ -178,3 +196,11 @@ def feedback_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "fb.sqlite")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random sentence-transformer (for indexes whose dense side no test reads)."""
+    from _serve_helpers import build_tiny_embedder
+
+    return build_tiny_embedder(tmp_path_factory.mktemp("tiny_st"))
