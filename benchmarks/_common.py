@@ -32,6 +32,7 @@ __all__ = [
     "data_missing",
     "data_path",
     "data_root",
+    "gpu_memory",
     "machine",
     "ndcg_at",
     "prf",
@@ -107,8 +108,28 @@ def prf(y: Any, pred: Any) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
+def gpu_memory() -> dict[str, Any] | None:
+    """Peak GPU memory of this process so far (``torch.cuda.max_memory_allocated``), or ``None``
+    when CUDA is not in use (torch not imported, no GPU, or CUDA never initialised)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    dev = torch.cuda.current_device()
+    peak = int(torch.cuda.max_memory_allocated(dev))
+    return {"device": torch.cuda.get_device_name(dev), "peak_allocated_bytes": peak,
+            "peak_allocated_gib": round(peak / 2**30, 3),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 3)}
+
+
 def write_json(path: str | Path, data: Any, *, indent: int = 2) -> Path:
-    """Write ``data`` as JSON (UTF-8, trailing newline), creating the parent folder."""
+    """Write ``data`` as JSON (UTF-8, trailing newline), creating the parent folder.
+
+    A result dict written by a process that used a GPU also gets ``"gpu_memory"``: the peak
+    allocated (and reserved) GPU memory of the run so far (see :func:`gpu_memory`).
+    """
+    mem = gpu_memory() if isinstance(data, dict) else None
+    if mem is not None:
+        data = {**data, "gpu_memory": mem}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")

@@ -267,7 +267,8 @@ def speed(gen: Any, items: list[dict], args: argparse.Namespace) -> dict:
            "one_at_a_time_items_per_s": round(len(items) / single, 4),
            "speedup": round(single / batched, 2), "batch_size": gen.batch_size, "prefill": gen.prefill,
            "batched_seconds": round(batched, 1), "one_at_a_time_seconds": round(single, 1),
-           "same_answers_as_one_at_a_time": sum(a == b for a, b in zip(answers, single_answers, strict=True))}
+           "same_answers_as_one_at_a_time": sum(a == b for a, b in zip(answers, single_answers, strict=True)),
+           "answers": answers, "one_at_a_time_answers": single_answers}
     if args.compare_prefill and gen.prefill != "batch":
         # the same batched pipeline with one padded prefill per call, in the same run
         mode, gen.prefill = gen.prefill, "batch"

@@ -174,6 +174,7 @@ def random_weight_run(args: argparse.Namespace, argv: list[str] | None) -> int:
         loop_tps = sum(g.n_tokens or 0 for g in loop) / loop_s
         res["loop"] = {"prompts_per_s": round(len(loop) / loop_s, 3), "tokens_per_s": round(loop_tps, 1)}
         print("loop", res["loop"], flush=True)
+        write_json(args.out, {**res, "complete": False})  # a run stopped by a time limit keeps its rows
         res["batched"] = {}
         for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
             gen.batch_size = bs
@@ -190,7 +191,8 @@ def random_weight_run(args: argparse.Namespace, argv: list[str] | None) -> int:
             if cuda:
                 res["batched"][str(bs)]["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             print("batched", bs, res["batched"][str(bs)], flush=True)
-    write_json(args.out, res)
+            write_json(args.out, {**res, "complete": False})
+    write_json(args.out, {**res, "complete": True})
     print(f"wrote {args.out}")
     return 0
 

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseStage",
+    "CapabilityError",
     "ConfigError",
     "Conflict",
     "ContextState",
@@ -48,6 +49,7 @@ _LAZY = {
     "register_stage": "ctxkit.registry",
     "available_stages": "ctxkit.registry",
     "CtxkitError": "ctxkit.errors",
+    "CapabilityError": "ctxkit.errors",
     "ConfigError": "ctxkit.errors",
     "InputError": "ctxkit.errors",
     "ModelNotAvailableError": "ctxkit.errors",
@@ -58,6 +60,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .config import load_pipeline
     from .errors import (
+        CapabilityError,
         ConfigError,
         CtxkitError,
         IndexNotFoundError,

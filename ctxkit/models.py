@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_LLM",
     "Embedder",
     "ResolvedModel",
+    "cpu_has_native_bf16",
     "get_embedder",
     "hub_offline",
     "resolve_device",
@@ -176,6 +177,26 @@ def resolve_model(name_or_path: str, kind: Literal["embedder", "llm", "other"] =
             f"is unreachable (offline). To fix: {hint}"
         )
     return ResolvedModel(repo, "hub", name_or_path)
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 is faster, not emulated.
+
+    Args:
+        cpuinfo: The file listing the CPU flags (Linux ``/proc/cpuinfo``); ``avx512_bf16`` or
+            ``amx_bf16`` among them means native. ``False`` where it cannot be read (other
+            operating systems), so callers keep fp32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
 
 
 def resolve_device(device: str = "auto") -> str:

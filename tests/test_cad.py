@@ -146,3 +146,81 @@ def test_through_transformers_generator(tiny_llm_dir):
     proc = AdaCADLogitsProcessor.for_generator(gen, alpha=1.0)
     out = gen.generate(convs, max_new_tokens=5, logits_processors=[proc])
     assert all(g.ok for g in out) and proc.rows_without_context == 0
+
+
+def _record_chunks(gen):
+    """Wrap the generator's per-call method to record the row lengths of each ``generate`` call."""
+    calls = []
+    inner = gen._generate_chunk
+
+    def recording(rows, cfg, procs, **kw):
+        calls.append([len(r) for r in rows])
+        return inner(rows, cfg, procs, **kw)
+
+    gen._generate_chunk = recording
+    return calls
+
+
+def test_explicit_unconditional_rows_stay_aligned_when_the_generator_sorts_and_chunks(tiny_llm_dir):
+    """Input order short, long, medium: the generator runs long first and splits the batch under
+    max_batch_tokens; every row must still be contrasted with ITS context-free prompt."""
+    from ctxkit.llm.transformers import TransformersGenerator
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", batch_size=8, max_batch_tokens=70)
+    contexts = ["yes", "the eiffel tower was completed in 1889 in paris " * 2, "penicillin was discovered by fleming"]
+    questions = ["what jumps", "when was the tower completed", "who discovered it"]
+    convs = [[{"role": "user", "content": f"<context>{c}</context> {q}"}] for c, q in zip(contexts, questions, strict=True)]
+    # context-free prompts that are NOT the marker-stripped prompts (e.g. another instruction)
+    uncond = [[{"role": "user", "content": f"answer the question: {q}"}] for q in questions]
+
+    def cad(rows, prompts):
+        proc = CADLogitsProcessor.for_generator(gen, alpha=3.0)
+        proc.set_unconditional(rows, prompts=prompts)
+        return proc
+
+    single = [gen.generate([c], max_new_tokens=6, logits_processors=[cad([u], [c])])[0].text
+              for c, u in zip(convs, uncond, strict=True)]
+    calls = _record_chunks(gen)
+    proc = cad(uncond, convs)
+    batched = gen.generate(convs, max_new_tokens=6, logits_processors=[proc])
+    lengths = [len(gen._encode(gen.render(c))) for c in convs]
+    assert len(calls) > 1 and calls[0][0] == max(lengths) != lengths[0]  # sorted and split
+    assert [g.text for g in batched] == single
+    assert not proc._by_prompt  # every pair was used
+    # the test can see a misalignment: rotated context-free prompts change some answer
+    rotated = gen.generate(convs, max_new_tokens=6, logits_processors=[cad(uncond[1:] + uncond[:1], convs)])
+    assert [g.text for g in rotated] != single
+
+
+def test_positional_rows_are_refused_for_a_generator_and_unknown_prompts_fail_clearly(tiny_llm_dir):
+    from ctxkit.llm.transformers import TransformersGenerator
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu")
+    proc = CADLogitsProcessor.for_generator(gen)
+    with pytest.raises(ConfigError, match="prompts="):
+        proc.set_unconditional([[{"role": "user", "content": "who"}]])
+    proc.set_unconditional(["who"], prompts=["<context>x</context> who"])
+    [out] = gen.generate(["<context>y</context> what"], max_new_tokens=2, logits_processors=[proc])
+    assert not out.ok and "set_unconditional" in out.error  # recorded on the item, not misaligned
+    with pytest.raises(InputError, match="prompts"):
+        proc.set_unconditional(["a", "b"], prompts=["a"])
+
+
+class PreLogitsToKeepLlama(transformers.LlamaForCausalLM):
+    """A Llama whose forward predates ``logits_to_keep`` and takes no ``**kwargs`` (as remote-code
+    models written for older transformers versions)."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, cache_position=None, return_dict=None):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_logits_to_keep_only_where_the_forward_takes_it(lm, adaptive):
+    model, tok = lm
+    old = PreLogitsToKeepLlama(model.config).eval()
+    old.load_state_dict(model.state_dict())
+    texts = [render(tok, q, c) for c, q in QUESTIONS]
+    make = AdaCADLogitsProcessor if adaptive else CADLogitsProcessor
+    assert generate(old, tok, texts, [make(old, tok, alpha=1.0)]) == generate(model, tok, texts, [make(model, tok, alpha=1.0)])

@@ -117,3 +117,39 @@ def test_cli_subprocess_missing_index_has_no_traceback(tmp_path: Path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("ctxkit query: error: no ctxkit index")
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``ctxkit`` in a subprocess: its real logging and stderr, as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "ctxkit.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_ingest_with_nothing_to_index_fails_and_warns_once(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    res = _cli(["ingest", "empty", "--index", "i1", "--device", "cpu", "--quiet"], tmp_path)
+    assert res.returncode == 2 and "nothing was indexed" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    res = _cli(["ingest", "bad", "--index", "i2", "--device", "cpu", "--quiet"], tmp_path)
+    assert res.returncode == 2 and "nothing was indexed" in res.stderr
+    assert res.stderr.count("latin1.txt") == 1, res.stderr  # each warning printed once
+
+
+def test_ingest_duplicate_ids_error_or_keep_last(tmp_path: Path, minilm, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dup.jsonl").write_text(
+        json.dumps({"_id": "x", "text": "The first record."}) + "\n"
+        + json.dumps({"_id": "x", "text": "The second record, which must not vanish silently."}) + "\n",
+        encoding="utf-8",
+    )
+    rc = main(["ingest", "dup.jsonl", "--index", "idx", "--device", "cpu", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "'x' appears twice" in err and "--on-duplicate keep-last" in err
+    assert "unchanged" not in out
+    rc = main(["ingest", "dup.jsonl", "--index", "idx", "--device", "cpu", "--quiet", "--on-duplicate", "keep-last"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert "1 duplicate ids (last kept)" in out and "0 unchanged" in out
+    assert err.count("duplicate document id 'x'") == 1
+    assert "holds 1 documents" in out

@@ -65,8 +65,23 @@ def test_json_failure_extracts_answer_field_not_whole_text() -> None:
     assert parsed.method == "field"
     labelled = parse_json_answer("Step 1: look.\nStep 2: think.\nFinal answer: Madrid")
     assert (labelled.ok, labelled.answer) == (False, "Madrid")
-    raw_only = parse_json_answer("  Madrid  ")
-    assert (raw_only.ok, raw_only.answer, raw_only.method) == (False, "Madrid", "raw")
+    bare = parse_json_answer("  Madrid  ")
+    assert (bare.ok, bare.answer, bare.method) == (False, "Madrid", "bare")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Step 1: the key sentences talk about Normandy.\nStep 2: France and Spain are both named.\nSo it is Spain.",
+        "I think the region is in France because the model knows it but the context says Spain instead.",
+        '{"reason": "no answer field at all"}',
+    ],
+)
+def test_unparsable_output_is_never_scored_as_the_answer(text: str) -> None:
+    """The reference defect: a failed parse scored the whole raw text, which "contains" every
+    option a long reasoning mentions. Here it gives an empty answer."""
+    parsed = parse_json_answer(text)
+    assert (parsed.ok, parsed.answer, parsed.method) == (False, "", "none")
 
 
 def test_clean_field_decodes_dataset_literals() -> None:

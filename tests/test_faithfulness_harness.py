@@ -108,4 +108,7 @@ def test_speed_mode(harness, tiny_llm_dir, minilm, tmp_path, monkeypatch, one_to
     sp = json.loads(out.read_text())["speed"]
     assert sp["n"] == 3 and sp["batch_size"] == 3
     assert sp["batched_items_per_s"] > 0 and sp["one_at_a_time_items_per_s"] > 0 and sp["speedup"] > 0
+    # batching must not change a single answer (greedy decoding, left padding, row prefill)
+    assert len(sp["answers"]) == 3 and any(sp["answers"])
+    assert sp["answers"] == sp["one_at_a_time_answers"] and sp["same_answers_as_one_at_a_time"] == 3
     assert not out.with_suffix(".items.jsonl").exists()  # no checkpoint in speed mode

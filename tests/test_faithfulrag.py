@@ -58,7 +58,7 @@ def reply(prompt: str) -> str | Exception:
     if prompt.startswith("Extract the key facts"):
         return "1. Normandy is a region in France.\n2. Rollo received Normandy in 911."
     if '"answer"' in prompt:  # cot / scheduled_cot
-        if "Normandy" in prompt:
+        if "Question: In what country is Normandy" in prompt:
             return 'Steps done.\n```json\n{"reason": "the context says Spain", "answer": "B",}\n```'
         return 'reasoning... "answer": "Paris" and more text'
     return "Answer: Spain\nbecause the context says so"
@@ -143,10 +143,24 @@ def test_faithful_rag_composite_and_trusted_beliefs(minilm) -> None:
     stage._ensure_warm()
     stage._aligner._emb = stage._aligner._detector._embedder = minilm
     out = Pipeline([stage]).batch(_states())
-    assert gen.calls == [3, 2, 2, 3]
-    assert out[0].answer == "Spain" and out[0].conflicts
-    assert "disagrees with known facts" in out[0].prompt
-    assert out[2].answer == "" or out[2].answer is not None
+    assert gen.calls == [3, 2, 2, 3]  # one batched call per step; the failed item skips steps 2-3
+    norm, paris, failed = out
+    # Normandy: model beliefs -> aligned chunks -> a France/Spain conflict -> a warned prompt -> "B" mapped
+    assert norm.facts == ["Normandy is a region in France.", "Rollo received Normandy in 911."]
+    assert norm.metadata["aligned_chunks"][0]["passage_id"] == "d1"
+    assert ("entity", "France", "Spain") in {(c.kind, c.belief_span, c.chunk_span) for c in norm.conflicts}
+    assert "disagrees with known facts" in norm.prompt and norm.metadata["conflict_note"] in norm.prompt
+    assert norm.answer == "Spain" and norm.metadata["reason"] == "the context says Spain"
+    assert "faithful.json_parse_failures" not in norm.trace.counters
+    # broken JSON: the "answer" field is extracted and the failure counted
+    assert paris.answer == "Paris" and paris.metadata["answer_parse"] == "field"
+    assert paris.trace.counters["faithful.json_parse_failures"] == 1
+    # a failed first step: recorded on the item, no beliefs, the batch still answered
+    assert failed.facts == [] and failed.metadata["self_knowledge"] is None
+    assert any("backend exploded" in e for e in failed.trace.errors)
+    assert failed.trace.counters["faithful.generation_errors"] == 1
+    assert failed.trace.counters["faithful.no_facts"] == 1 and not failed.conflicts
+    assert failed.answer == "Paris"
     # trusted beliefs: no LLM call before the answer
     gen2 = ScriptedGenerator(reply)
     trusted = FaithfulRAG(generator=gen2, beliefs="trusted", mode="direct")
@@ -157,6 +171,67 @@ def test_faithful_rag_composite_and_trusted_beliefs(minilm) -> None:
     [st] = trusted([st])
     assert gen2.calls == [1]
     assert st.conflicts[0].chunk_span == "Spain" and st.answer == "Spain"
+
+
+def test_map_choice_reads_labels_not_articles() -> None:
+    from ctxkit.faithfulness.faithfulrag.stages import _map_choice
+
+    choices = ["big dog", "dog", "cat"]
+    assert _map_choice("A dog", choices) == "dog"  # the article "A", not option A
+    assert _map_choice("A cat", choices) == "cat"
+    for label in ("B", "b", "B.", "B)", "(B)", "B: dog", "(B) dog", "B. dog"):
+        assert _map_choice(label, choices) == "dog", label
+    assert _map_choice("(A) big dog", choices) == "big dog"
+    assert _map_choice("C. dog", choices) == "dog"  # a label contradicted by its text: the text wins
+    assert _map_choice("a horse", choices) == "a horse"  # nothing matches: kept as given
+
+
+class RecordingGenerator(ScriptedGenerator):
+    """Records the sampling settings each call really runs with (BaseGenerator's merge)."""
+
+    def __init__(self, reply, settings) -> None:
+        super().__init__(reply)
+        self.default_settings = SamplingSettings(**settings)
+        self.used: list[SamplingSettings] = []
+
+    def generate(self, batch, settings=None, **kw):
+        self.used.append(self._settings(settings, kw))
+        return super().generate(batch)
+
+
+def test_steps_keep_the_generator_sampling_settings() -> None:
+    """A step sets its max_new_tokens; the generator's own repetition penalty, temperature and
+    stop strings must still apply (a fresh SamplingSettings used to replace them)."""
+    gen = RecordingGenerator(reply, {"repetition_penalty": 1.3, "temperature": 0.7, "seed": 5, "stop": ["###"]})
+    states = SelfFacts(generator=gen, max_new_tokens=40)(_states()[:2])
+    for s in states:
+        s.metadata["aligned_chunks"] = [{"text": s.passages[0].text, "passage_id": s.passages[0].id, "score": 1.0}]
+    SelfThinkAnswer(generator=gen, mode="direct", max_new_tokens=24)(states)
+    assert [u.max_new_tokens for u in gen.used] == [40, 40, 40, 24]
+    for used in gen.used:
+        assert (used.repetition_penalty, used.temperature, used.seed, used.stop) == (1.3, 0.7, 5, ["###"])
+
+
+def test_key_sentences_survive_truncation(tiny_llm_dir) -> None:
+    """A long context and a small prompt budget: truncation shortens the full context and keeps
+    every aligned key sentence, the question and the instructions."""
+    from ctxkit.llm.transformers import TransformersGenerator
+
+    gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", max_input_tokens=450)
+    filler = " ".join(f"the quick brown fox number {i} jumps over the lazy dog." for i in range(40))
+    key = ["penicillin was discovered by alexander fleming in 1928", "the eiffel tower was completed in 1889"]
+    state = ContextState(query="who discovered penicillin", passages=[Passage(id="p", text=filler)],
+                         metadata={"aligned_chunks": [{"text": k, "passage_id": "p", "score": 0.9} for k in key]})
+    step = SelfThinkAnswer(generator=gen, mode="direct", max_new_tokens=4)
+    step._ensure_warm()
+    full = step._prompt(state)
+    seen = gen.prompt([Message(role="user", content=full)], max_new_tokens=4)  # what the model reads
+    assert len(gen._encode(gen.render(full))) > 450  # truncation really happened
+    assert "lazy dog" in seen and filler not in seen  # the full context was shortened...
+    assert all(k in seen for k in key)  # ...and the key sentences kept
+    assert "Question: who discovered penicillin" in seen and "Reply with" in seen
+    [out] = step([state])
+    assert out.trace.errors == [] and out.prompt == full
 
 
 def test_config_roundtrip_and_bad_settings() -> None:

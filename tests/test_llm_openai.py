@@ -7,14 +7,16 @@ behaviour (failing the first N requests, slow answers, an API key), not through 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from ctxkit.errors import ConfigError, InputError
-from ctxkit.llm import OpenAIGenerator, SamplingSettings, build_generator
+from ctxkit.errors import CapabilityError, ConfigError, InputError
+from ctxkit.llm import BaseGenerator, Generation, OpenAIGenerator, SamplingSettings, build_generator
+from ctxkit.llm.base import require_scoring
 from ctxkit.llm.server import OpenAICompatibleServer
 from ctxkit.llm.transformers import TransformersGenerator
 
@@ -191,8 +193,6 @@ def test_settings_validation_and_score_and_spec(monkeypatch):
         with pytest.raises(ConfigError, match=match):
             OpenAIGenerator(**kw)
     gen = OpenAIGenerator("m", base_url="http://h:1/v1", api_key="k", max_concurrency=3)
-    with pytest.raises(NotImplementedError, match="TransformersGenerator"):
-        gen.score([[]], ["x"])
     with pytest.raises(InputError, match="temperature"):
         gen.generate(CONVS[:1], temperature=-1)
     spec = gen.to_spec()
@@ -231,3 +231,254 @@ def test_asyncio_gather_of_agenerate_calls(server):
 
     a, b = asyncio.run(main())
     assert len(a) == 2 and len(b) == 2 and all(g.ok for g in a + b)
+
+
+# -- scoring over HTTP (issue 21, item 1) ---------------------------------------------------------
+SCORE_CONVS = [
+    [{"role": "user", "content": "the quick brown fox"}],
+    "who was the",
+    [{"role": "system", "content": "answer with a year"}, {"role": "user", "content": "penicillin was discovered"}],
+    [{"role": "user", "content": "the eiffel tower was completed"}],
+]
+SCORE_CONTS = [" jumps over", " the eiffel tower", " in 1928", " in 1889 in paris"]
+
+
+class TextOnlyGenerator(BaseGenerator):
+    """A real generator without a model in the process (like a LangChain or HTTP backend)."""
+
+    model_name = "text-only"
+
+    def generate(self, batch, settings=None, **overrides):
+        return [Generation(text="fine", n_prompt_tokens=1, n_tokens=1) for _ in batch]
+
+
+@pytest.mark.parametrize("server", [{}, {"echo_logprobs": False}], indirect=True, ids=["echo", "prompt_logprobs"])
+def test_score_over_http_equals_local_scores(server, local, tiny_llm_dir):
+    gen = client(server, tokenizer=str(tiny_llm_dir))
+    sup = gen.scoring_support()
+    assert sup.available and sup.verified
+    assert sup.method == ("echo" if server.echo_logprobs else "prompt_logprobs")
+    remote = gen.score(SCORE_CONVS, SCORE_CONTS)
+    direct = local.score(SCORE_CONVS, SCORE_CONTS)
+    assert remote == pytest.approx(direct, abs=1e-3)
+    assert gen.score(SCORE_CONVS, SCORE_CONTS, reduce="mean") == pytest.approx(
+        local.score(SCORE_CONVS, SCORE_CONTS, reduce="mean"), abs=1e-3)
+    sent = [b for b in server.bodies if "prompt" in b]
+    assert sent and all(b["max_tokens"] == 1 for b in sent)
+    if server.echo_logprobs:
+        assert all(b.get("echo") for b in sent[-4:])
+    else:
+        assert all("prompt_logprobs" in b for b in sent[-4:])
+
+
+def test_score_without_tokenizer_ranks_like_the_model(server, local):
+    """No tokenizer: the conversation is sent as plain text; scores still come from the model."""
+    gen = client(server)
+    conv = [{"role": "user", "content": "the eiffel tower was completed in"}]
+    conts = [" 1889", " penicillin", " the the the"]
+    remote = gen.score([conv] * 3, conts)
+    plain = TransformersGenerator(local.model_name, device="cpu", chat_template=False)
+    assert remote == pytest.approx(plain.score([conv] * 3, conts), abs=1e-3)
+    assert gen.score([conv], [""]) == [pytest.approx(float("nan"), nan_ok=True)]
+    with pytest.raises(InputError, match="one continuation per conversation"):
+        gen.score([conv], [" a", " b"])
+
+
+def test_a_server_that_cannot_score_fails_up_front_with_a_typed_error():
+    with OpenAICompatibleServer(TextOnlyGenerator(), model_name="m") as srv:
+        gen = client(srv)
+        sup = gen.scoring_support()
+        assert not sup.available and "needs a model in this server's process" in sup.reason
+        with pytest.raises(CapabilityError, match="cannot score continuations") as info:
+            gen.score(SCORE_CONVS, SCORE_CONTS)
+        assert info.value.capability == "scoring" and isinstance(info.value, NotImplementedError)
+        assert srv.n_requests == 1  # only the probe: the answer was cached, nothing else was sent
+        with pytest.raises(CapabilityError, match="option scoring"):
+            require_scoring(gen, "option scoring")
+    off = OpenAIGenerator("m", base_url="http://127.0.0.1:9/v1", scoring="off")
+    with pytest.raises(CapabilityError, match="scoring='off'"):
+        off.check_scoring()
+
+
+def test_probe_reports_a_server_without_echo_or_prompt_logprobs(tiny_llm_dir, local):
+    with OpenAICompatibleServer(local, model_name="tiny", echo_logprobs=False) as srv:
+        gen = client(srv, scoring="echo")  # only echo allowed: this server refuses it
+        sup = gen.scoring_support()
+        assert not sup.available and "echo is not supported with logprobs" in sup.reason
+        with pytest.raises(CapabilityError, match="echo is not supported with logprobs"):
+            gen.check_scoring("LLM-preference labels")
+
+
+def test_callers_check_scoring_before_any_work(tmp_path):
+    from ctxkit import ContextState, Passage, Pipeline
+    from ctxkit.rankers import FeedbackStore, ReasonAggregate, llm_preference_labels
+
+    with OpenAICompatibleServer(TextOnlyGenerator(), model_name="m") as srv:
+        gen = client(srv)
+        store = FeedbackStore(tmp_path / "fb.sqlite")
+        ex = ContextState(query="q", passages=[Passage(id="a", text="x")], metadata={"answer": "y"})
+        with pytest.raises(CapabilityError, match="llm_preference_labels"):
+            llm_preference_labels(gen, [ex], store)
+        assert store.count()["lists"] == 0
+        stage = ReasonAggregate(generator=gen, answer_mode="options")
+        with pytest.raises(CapabilityError, match="option scoring"):
+            Pipeline([stage]).warm_up()
+        state = ContextState(query="q", passages=[Passage(id="a", text="x")], metadata={"options": ["1", "2"]})
+        with pytest.raises(CapabilityError):
+            stage.run([state])
+        n = srv.n_requests
+        ReasonAggregate(generator=gen, answer_mode="generate").warm_up()  # generation needs no scores
+        assert srv.n_requests == n
+
+
+def test_option_scoring_and_preference_labels_over_http_match_local(server, local, tiny_llm_dir, tmp_path):
+    from ctxkit import ContextState, Passage
+    from ctxkit.rankers import FeedbackStore, ReasonAggregate, llm_preference_labels
+
+    gen = client(server, tokenizer=str(tiny_llm_dir))
+
+    def states():
+        ps = [Passage(id=f"p{i}", text=t) for i, t in enumerate(["the eiffel tower", "penicillin 1928", "fox dog"])]
+        return [ContextState(query="when was the eiffel tower completed", passages=ps,
+                             metadata={"options": ["1889", "1928", "yes", "no"], "answer": "1889"})]
+
+    remote = ReasonAggregate(generator=gen, answer_mode="options", n_paths=3)(states())[0]
+    direct = ReasonAggregate(generator=local, answer_mode="options", n_paths=3)(states())[0]
+    assert remote.answer == direct.answer and remote.metadata["votes"] == direct.metadata["votes"]
+    a = llm_preference_labels(gen, states(), FeedbackStore(tmp_path / "a.sqlite"), n_lists=3, list_size=2, pool=3)
+    b = llm_preference_labels(local, states(), FeedbackStore(tmp_path / "b.sqlite"), n_lists=3, list_size=2, pool=3)
+    assert a["lists"] == b["lists"] == 3 and a["mean_reward"] == pytest.approx(b["mean_reward"], abs=1e-3)
+
+
+def test_server_completions_contract(server):
+    with httpx.Client(base_url=server.url, timeout=60) as h:
+        r = h.post("/completions", json={"model": "tiny", "prompt": "the quick brown", "max_tokens": 2,
+                                         "echo": True, "logprobs": 2})
+        body = r.json()
+        assert r.status_code == 200 and body["object"] == "text_completion"
+        ch = body["choices"][0]
+        lp = ch["logprobs"]
+        n = body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == n
+        assert lp["token_logprobs"][0] is None and all(v <= 0 for v in lp["token_logprobs"][1:])
+        assert ch["text"].startswith("the quick brown") and "".join(lp["tokens"]) == ch["text"]
+        assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(n)]
+        plain = h.post("/completions", json={"prompt": "the quick brown", "max_tokens": 2, "logprobs": 0}).json()
+        assert plain["choices"][0]["text"] == ch["text"][len("the quick brown"):]
+        assert plain["choices"][0]["logprobs"]["text_offset"][0] == len("the quick brown")
+        assert h.post("/completions", json={"prompt": ""}).status_code == 400
+        assert h.post("/completions", json={"prompt": "x", "logprobs": 99}).status_code == 400
+        assert h.post("/completions", json={"prompt": "x", "max_tokens": -1}).status_code == 400
+
+
+# -- prompt budgets over HTTP (issue 21, item 2) --------------------------------------------------
+FILLER = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
+LONG_CONV = [
+    {"role": "system", "content": "answer from the context only"},
+    {"role": "user", "content": f"<context>penicillin was discovered in 1928. {FILLER}</context>\nwho was the fox"},
+]
+
+
+def _sent_messages(srv):
+    return next(b["messages"] for b in reversed(srv.bodies) if "messages" in b)
+
+
+@pytest.mark.parametrize("server", [{"context_window": 120}], indirect=True)
+def test_over_long_prompt_is_shortened_from_the_servers_limit_without_a_tokenizer(server, local):
+    gen = client(server)
+    g = gen.generate([LONG_CONV], max_new_tokens=4)[0]
+    assert g.ok, g.error
+    assert g.info["truncated_context_tokens"] > 0 and g.info["truncation"] == "characters"
+    assert g.info["resent_after_context_limit"] in (1, 2) and g.n_prompt_tokens + 4 <= 120
+    sent = _sent_messages(server)
+    assert sent[0]["content"] == "answer from the context only"
+    assert sent[1]["content"].startswith("<context>penicillin was discovered in 1928.")
+    assert sent[1]["content"].endswith("</context>\nwho was the fox")
+    assert 2 <= server.n_requests <= 3  # refused once (maybe twice), then answered
+    n = server.n_requests
+    again = gen.generate([LONG_CONV, LONG_CONV], max_new_tokens=4)  # the limit is known now: no 400s
+    assert all(x.ok for x in again) and server.n_requests == n + 2
+
+
+@pytest.mark.parametrize("server", [{"context_window": 120}], indirect=True)
+def test_tokenizer_budget_fits_exactly_without_a_refusal(server, tiny_llm_dir):
+    gen = client(server, tokenizer=str(tiny_llm_dir), context_window=120)
+    out = gen.generate([LONG_CONV, CONVS[0]], max_new_tokens=4)
+    assert all(g.ok for g in out) and server.n_requests == 2
+    assert out[0].info["truncation"] == "tokenizer" and "resent_after_context_limit" not in out[0].info
+    assert "truncated_context_tokens" not in out[1].info
+    assert 120 - 4 - 3 <= out[0].n_prompt_tokens <= 120 - 4  # cut to the budget, not far below it
+    assert gen.prepare(LONG_CONV, max_new_tokens=4)[1].content.endswith("who was the fox")
+
+
+@pytest.mark.parametrize("server", [{"context_window": 40}], indirect=True)
+def test_4xx_for_an_item_that_cannot_be_shortened_keeps_the_servers_message(server):
+    no_context = [{"role": "user", "content": FILLER}]
+    out = client(server).generate([no_context, CONVS[0]], max_new_tokens=4)
+    assert [g.ok for g in out] == [False, True]
+    assert out[0].info["status"] == 400 and "maximum context length is 40 tokens" in out[0].error
+
+
+def test_max_completion_tokens_for_model_families_that_need_it(server):
+    assert OpenAIGenerator("o3-mini")._body([], SamplingSettings())["max_completion_tokens"] == 256
+    assert "max_tokens" not in OpenAIGenerator("openai/gpt-5-mini")._body([], SamplingSettings())
+    assert "max_completion_tokens" not in OpenAIGenerator("gpt-4o")._body([], SamplingSettings())
+    assert "max_completion_tokens" not in OpenAIGenerator("ollama/o-llama")._body([], SamplingSettings())
+    gen = client(server, max_tokens_param="max_completion_tokens")
+    g = gen.generate(CONVS[:1], max_new_tokens=2)[0]
+    assert g.ok and g.n_tokens <= 2
+    assert server.bodies[-1]["max_completion_tokens"] == 2 and "max_tokens" not in server.bodies[-1]
+    assert build_generator(gen.to_spec()).max_tokens_param == "max_completion_tokens"
+    with pytest.raises(ConfigError, match="max_tokens_param"):
+        OpenAIGenerator(max_tokens_param="max_new")
+
+
+@pytest.mark.parametrize("server", [{"delay_s": 1.0}], indirect=True)
+def test_a_timed_out_request_is_not_sent_again_unless_configured(server):
+    g = client(server, timeout=0.2, max_retries=3).generate(CONVS[:1])[0]
+    assert not g.ok and "not re-sent" in g.error and "retry_timeouts=True" in g.error
+    assert server.n_requests == 1
+    g = client(server, timeout=0.2, max_retries=1, retry_timeouts=True).generate(CONVS[:1])[0]
+    assert not g.ok and "after 2 attempts" in g.error and server.n_requests == 3
+
+
+def test_context_limit_messages_of_known_servers():
+    from ctxkit.llm.openai import context_limit
+
+    assert context_limit("This model's maximum context length is 2048 tokens. However, you requested 2100 "
+                         "tokens (2000 in the messages, 100 in the completion).") == (2048, 2000)
+    assert context_limit("Requested tokens (300) exceed context window of 256") == (256, 300)
+    assert context_limit("Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
+                         "Given: 4000 `inputs` tokens and 200 `max_new_tokens`") == (4096, 4000)
+    assert context_limit("request (5000 tokens) exceeds the available context size (4096 tokens), "
+                         "try increasing it") == (4096, 5000)
+    assert context_limit("invalid or missing API key") is None
+
+
+# -- what needs the model in-process (CAAD / CAD) --------------------------------------------------
+def test_caad_and_cad_with_an_http_generator_raise_a_clear_typed_error():
+    from ctxkit.faithfulness.decoding import CAADLogitsProcessor, CADLogitsProcessor, GroundingSpace
+
+    caad = CAADLogitsProcessor(GroundingSpace.synthetic(8, vocab_size=50, top_k=4))
+    gen = OpenAIGenerator("m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(CapabilityError, match=r"cannot run logits processors \(CAADLogitsProcessor\)") as info:
+        OpenAIGenerator("m", logits_processors=[caad])
+    assert "needs the model in this process" in str(info.value) and "TransformersGenerator" in str(info.value)
+    assert info.value.capability == "logits_processors"
+    with pytest.raises(CapabilityError, match="CAADLogitsProcessor"):
+        gen.generate(CONVS[:1], logits_processors=[caad])
+    with pytest.raises(CapabilityError, match="CAADLogitsProcessor"):
+        gen.logits_processors = [caad]
+    with pytest.raises(CapabilityError, match="has no model in this process"):
+        CADLogitsProcessor.for_generator(gen)
+    with pytest.raises(CapabilityError, match="has no model in this process"):
+        GroundingSpace.from_generator(gen, [("q", "a")])
+    assert getattr(gen, "model", None) is None and gen.logits_processors == []
+
+
+def test_mmlu_harness_checks_scoring_before_reading_data(bench_module, tmp_path):
+    cascade = bench_module("cascade")
+    with OpenAICompatibleServer(TextOnlyGenerator(), model_name="m") as srv:
+        spec = json.dumps({"backend": "openai", "model": "m", "base_url": srv.url})
+        with pytest.raises(CapabilityError, match="MMLU harness"):  # no data exists: the check comes first
+            cascade.mmlu(tmp_path / "no-data", tmp_path, "cpu", 5, 5, 0, 3, 1, generator=spec)

@@ -163,6 +163,75 @@ def test_score_matches_a_manual_forward_pass(llama):
         llama.score(convs, conts, reduce="max")
 
 
+def _manual_scores(gen, convs, conts):
+    """Sum of continuation log-probs from one unpadded full forward pass per pair."""
+    import torch
+
+    tok, model = gen.tokenizer, gen.model
+    out = []
+    for conv, cont in zip(convs, conts, strict=True):
+        p = tok(gen.render(conv), add_special_tokens=False)["input_ids"]
+        c = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
+        out.append(sum(float(logp[len(p) + k - 1, t]) for k, t in enumerate(c)))
+    return out
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_score_computes_logits_only_at_continuation_positions(which, request):
+    """The LM head runs on the last (longest continuation + 1) positions, not the whole padded
+    batch x length; scores still equal an unpadded full forward pass (left padding + positions)."""
+    gen = request.getfixturevalue(which)
+    convs = [[{"role": "user", "content": "the eiffel tower was completed in 1889 in paris " * 3}],
+             [{"role": "user", "content": "who"}], PROMPTS[1]]
+    conts = ["in paris", "fleming discovered penicillin in 1928", "1928"]
+    head = gen.model.get_output_embeddings()
+    widths: list[int] = []
+    hook = head.register_forward_hook(lambda mod, inp, out: widths.append(out.shape[1]))
+    try:
+        got = gen.score(convs, conts)
+    finally:
+        hook.remove()
+    n_max = max(len(gen.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts)
+    assert widths and max(widths) <= n_max + 1
+    assert got == pytest.approx(_manual_scores(gen, convs, conts), abs=1e-4)
+
+
+def test_score_log_softmax_runs_in_blocks(llama, monkeypatch):
+    import ctxkit.llm.transformers as tf_mod
+
+    convs, conts = PROMPTS[:2], ["jumps over the lazy dog", "1928 in paris"]
+    whole = llama.score(convs, conts)
+    monkeypatch.setattr(tf_mod, "_SCORE_BLOCK_ELEMENTS", 1)  # one position per block
+    assert llama.score(convs, conts) == pytest.approx(whole, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_trocr_dir(tmp_path_factory):
+    """A tiny random TrOCR decoder: a causal LM whose forward takes no ``position_ids``."""
+    import torch
+    from conftest import build_tiny_tokenizer
+    from transformers import TrOCRConfig, TrOCRForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_trocr")
+    tok = build_tiny_tokenizer(out)
+    torch.manual_seed(0)
+    cfg = TrOCRConfig(vocab_size=len(tok), d_model=32, decoder_layers=2, decoder_attention_heads=2,
+                      decoder_ffn_dim=64, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.bos_token_id)
+    TrOCRForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+def test_score_right_pads_for_a_model_without_position_ids(tiny_trocr_dir):
+    gen = TransformersGenerator(str(tiny_trocr_dir), device="cpu", batch_size=4)
+    assert "position_ids" not in gen._forward_params()
+    convs, conts = [PROMPTS[0], PROMPTS[1], "who"], ["jumps", "1928 in paris", "fleming"]
+    assert gen.score(convs, conts) == pytest.approx(_manual_scores(gen, convs, conts), abs=1e-4)
+
+
 def test_logits_processors_pass_through_default_and_per_call(tiny_llm_dir):
     forced = ForceToken(token=100)
     gen = TransformersGenerator(str(tiny_llm_dir), device="cpu", logits_processors=[forced], batch_size=2)

@@ -36,6 +36,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=None, help="Chroma server port (default 8000)")
     p.add_argument("--device", default="auto", help="embedder device: auto, cpu, cuda, mps")
     p.add_argument("--batch-size", type=int, default=256, help="documents per write batch")
+    p.add_argument(
+        "--on-duplicate", choices=("error", "keep-last"), default="error",
+        help="the same document id twice (e.g. a repeated _id in a .jsonl): stop with an error "
+        "(default), or keep the last record and warn",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ingest)
 
@@ -71,17 +76,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "chunk_overlap": args.chunk_overlap, "collection": args.collection,
         "host": args.host, "port": args.port, "device": args.device,
     }
+    from tqdm.auto import tqdm
+
     idx = Index(args.index, **settings)
     if not args.quiet:
         print(f"ingesting {len(files)} file(s) into {idx!r}", file=sys.stderr)
-    report = ingest(args.paths, idx, show_progress=not args.quiet, batch_size=args.batch_size)
-    for where, reason in report.skipped:
-        print(f"warning: skipped {where}: {reason}", file=sys.stderr)
-    print(
-        f"indexed {report.files} file(s): {report.summary()}; index now holds "
-        f"{idx.count_documents()} documents / {idx.count_chunks()} chunks in {idx.path}"
-    )
-    idx.close()
+
+    def warn(message: str) -> None:  # each warning once, as it happens, above the progress bar
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    try:
+        report = ingest(args.paths, idx, show_progress=not args.quiet, batch_size=args.batch_size,
+                        on_duplicate="keep_last" if args.on_duplicate == "keep-last" else "error",
+                        on_warning=warn)
+        print(
+            f"indexed {report.files} file(s): {report.summary()}; index now holds "
+            f"{idx.count_documents()} documents / {idx.count_chunks()} chunks in {idx.path}"
+        )
+    finally:
+        idx.close()
     return 0
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "Messages",
     "SamplingSettings",
     "as_messages",
+    "require_scoring",
 ]
 
 CONTEXT_OPEN = "<context>"
@@ -165,8 +166,32 @@ class BaseGenerator:
         return await asyncio.to_thread(self.generate, batch, settings, **overrides)
 
     def score(self, batch: list[list[Message]], continuations: list[str]) -> list[float]:
-        """Sum of log-probabilities of each continuation given its conversation."""
-        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
+        """Sum of log-probabilities of each continuation given its conversation.
+
+        Raises:
+            CapabilityError: this backend cannot score (see :meth:`check_scoring`).
+        """
+        self.check_scoring()
+        raise NotImplementedError(f"{type(self).__name__}.score is not implemented")
+
+    def check_scoring(self, purpose: str | None = None) -> None:
+        """Raise :class:`~ctxkit.errors.CapabilityError` unless :meth:`score` works here.
+
+        Backends that implement ``score`` pass; an HTTP backend asks its server (once).
+
+        Args:
+            purpose: What needs the scores, named in the error (e.g. ``"option scoring"``).
+        """
+        if type(self).score is BaseGenerator.score:
+            from ..errors import CapabilityError
+
+            raise CapabilityError(
+                f"{type(self).__name__} cannot score continuations (log-likelihoods)"
+                + (f", which {purpose} needs" if purpose else "")
+                + ". Use TransformersGenerator, or OpenAIGenerator against a server whose "
+                "/v1/completions endpoint returns prompt log-probabilities (vLLM, ctxkit serve).",
+                capability="scoring", backend=type(self).__name__,
+            )
 
     def answer(self, state: Any, **stage_settings: Any) -> Any:
         """Answer a ``ContextState`` (or a list of them) from its query and passages.
@@ -185,3 +210,31 @@ class BaseGenerator:
     def complete(self, prompts: list[str], **overrides: Any) -> list[str]:
         """Convenience: user prompts in, texts out (failed items give "")."""
         return [g.text for g in self.generate([as_messages(p) for p in prompts], **overrides)]
+
+
+def require_scoring(generator: Any, purpose: str) -> None:
+    """Check, before any work, that ``generator`` can score continuations.
+
+    Callers that need log-likelihoods (LLM-preference labels, option scoring, the MMLU and
+    TruthfulQA harnesses) call this up front instead of failing part-way.
+
+    Args:
+        generator: Any generator; one with ``check_scoring`` decides itself (an HTTP generator
+            asks its server), another passes when it has a callable ``score``.
+        purpose: What needs the scores, named in the error.
+
+    Raises:
+        CapabilityError: it cannot score; the message says why and what to use instead.
+    """
+    check = getattr(generator, "check_scoring", None)
+    if callable(check):
+        check(purpose)
+        return
+    if not callable(getattr(generator, "score", None)):
+        from ..errors import CapabilityError
+
+        raise CapabilityError(
+            f"{purpose} needs a generator with score(batch, continuations); "
+            f"{type(generator).__name__} has none. Use TransformersGenerator or OpenAIGenerator.",
+            capability="scoring", backend=type(generator).__name__,
+        )

@@ -1,14 +1,20 @@
 """A small OpenAI-compatible chat-completions server for any ctxkit generator.
 
-It serves ``POST /v1/chat/completions`` (non-streaming), ``GET /v1/models`` and ``GET /health``
-with the standard request/response shapes, so :class:`~ctxkit.llm.OpenAIGenerator` (or any OpenAI
-client) can talk to it. Concurrent requests are grouped into batches (``max_batch_size``, waiting
+It serves ``POST /v1/chat/completions`` and ``POST /v1/completions`` (non-streaming),
+``GET /v1/models`` and ``GET /health`` with the standard request/response shapes, so
+:class:`~ctxkit.llm.OpenAIGenerator` (or any OpenAI client) can talk to it. With a
+:class:`~ctxkit.llm.TransformersGenerator`, ``/v1/completions`` returns log-probabilities the way
+vLLM does: ``logprobs`` (with ``echo`` for the prompt tokens too) and ``prompt_logprobs``, computed
+by the served model, so :meth:`OpenAIGenerator.score` works against it. Concurrent requests are grouped into batches (``max_batch_size``, waiting
 at most ``batch_wait_s`` for company) and run by ONE worker thread, so a batched
 :class:`~ctxkit.llm.TransformersGenerator` serves many clients at batched speed.
 
 It is also the test server for HTTP clients: ``fail_first`` makes the first N requests fail with
 ``fail_status`` (429/503, with ``Retry-After``), ``delay_s`` slows every request down, and the
-server counts requests and the peak number of concurrent requests. For production traffic use a
+server counts requests and the peak number of concurrent requests. ``context_window`` makes it
+refuse over-long prompts with the OpenAI-style "maximum context length" 400 (as vLLM and llama.cpp
+do) instead of letting the generator shorten them, and ``echo_logprobs=False`` makes it refuse
+``echo`` with ``logprobs`` (as OpenAI's own API does). For production traffic use a
 real inference server (vLLM, TGI, llama.cpp) and keep :class:`OpenAIGenerator` as the client.
 
 Example:
@@ -17,16 +23,19 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from .._lazy import require
 from ..errors import ConfigError
 from .base import Generation, Message, SamplingSettings
 
@@ -56,6 +65,29 @@ def _settings_from_body(body: dict[str, Any], defaults: SamplingSettings) -> Sam
         return SamplingSettings(**{**defaults.model_dump(), **fields})
     except ValueError as exc:
         raise _BadRequest(f"invalid sampling parameters: {exc}") from None
+
+
+class _Job:
+    """Work for the worker thread other than a chat request (a completion)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+            self.future.set_exception(exc)
+
+
+def _too_long(window: int, n_prompt: int, n_new: int, where: str) -> _BadRequest:
+    return _BadRequest(
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{n_prompt + n_new} tokens ({n_prompt} in the {where}, {n_new} in the completion). "
+        f"Please reduce the length of the {where} or completion.",
+        code="context_length_exceeded", param="messages" if where == "messages" else "prompt",
+    )
 
 
 def _messages_from_body(body: dict[str, Any]) -> list[Message]:
@@ -92,6 +124,11 @@ class OpenAICompatibleServer:
         fail_status: Status of those failures (429 or 5xx).
         retry_after: ``Retry-After`` seconds sent with those failures (``None``: no header).
         delay_s: Testing aid: every chat request waits this long before it is answered.
+        context_window: Refuse a request whose prompt plus ``max_tokens`` exceeds this many
+            tokens with the OpenAI-style ``context_length_exceeded`` 400, as vLLM and llama.cpp
+            do (``None``: chat prompts are left to the generator, which shortens their context).
+        echo_logprobs: Answer ``echo`` with ``logprobs`` on ``/v1/completions`` (``False``: a
+            400, as OpenAI's own API gives).
     """
 
     def __init__(
@@ -108,6 +145,8 @@ class OpenAICompatibleServer:
         fail_status: int = 503,
         retry_after: float | None = None,
         delay_s: float = 0.0,
+        context_window: int | None = None,
+        echo_logprobs: bool = True,
     ) -> None:
         if not callable(getattr(generator, "generate", None)):
             raise ConfigError("OpenAICompatibleServer needs a generator with a generate(batch) method")
@@ -115,6 +154,8 @@ class OpenAICompatibleServer:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if fail_first < 0 or delay_s < 0 or batch_wait_s < 0:
             raise ConfigError("fail_first, delay_s and batch_wait_s must be >= 0")
+        if context_window is not None and context_window < 2:
+            raise ConfigError(f"context_window must be >= 2 or None, got {context_window}")
         self.generator = generator
         self.model_name = model_name or str(getattr(generator, "model_name", "ctxkit"))
         self.max_batch_size = max_batch_size
@@ -124,14 +165,20 @@ class OpenAICompatibleServer:
         self.fail_status = fail_status
         self.retry_after = retry_after
         self.delay_s = delay_s
+        self.context_window = context_window
+        self.echo_logprobs = echo_logprobs
         self.defaults: SamplingSettings = getattr(generator, "default_settings", SamplingSettings())
         self.n_requests = 0
         self.n_failed_on_purpose = 0
         self.max_concurrent = 0
         self.batch_sizes: list[int] = []
+        self.bodies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        """The JSON bodies of the last 64 POST requests (what clients really sent)."""
         self._active = 0
         self._stats_lock = threading.Lock()
-        self._queue: queue.Queue[tuple[list[Message], SamplingSettings, Future[Generation]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[Message], SamplingSettings, Future[Generation]] | _Job | None] = (
+            queue.Queue()
+        )
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._threads: list[threading.Thread] = []
@@ -192,7 +239,11 @@ class OpenAICompatibleServer:
             first = self._queue.get()
             if first is None:
                 return
+            if isinstance(first, _Job):
+                first.run()
+                continue
             items = [first]
+            jobs: list[_Job] = []
             deadline = time.monotonic() + self.batch_wait_s
             while len(items) < self.max_batch_size:
                 left = deadline - time.monotonic()
@@ -203,6 +254,9 @@ class OpenAICompatibleServer:
                 if nxt is None:
                     self._queue.put(None)
                     break
+                if isinstance(nxt, _Job):
+                    jobs.append(nxt)
+                    continue
                 items.append(nxt)
             # One generator call per distinct sampling setting in the batch.
             groups: dict[str, list[tuple[list[Message], SamplingSettings, Future[Generation]]]] = {}
@@ -218,6 +272,8 @@ class OpenAICompatibleServer:
                     continue
                 for g, gen in zip(group, gens, strict=True):
                     g[2].set_result(gen)
+            for job in jobs:
+                job.run()
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +283,11 @@ class OpenAICompatibleServer:
             raise _BadRequest("only n=1 is supported", param="n")
         messages = _messages_from_body(body)
         settings = _settings_from_body(body, self.defaults)
+        if self.context_window is not None:
+            gen = self._model_generator("a context window")
+            n_prompt = len(gen._encode(gen.render(messages)))
+            if n_prompt + settings.max_new_tokens > self.context_window:
+                raise _too_long(self.context_window, n_prompt, settings.max_new_tokens, "messages")
         fut: Future[Generation] = Future()
         self._queue.put((messages, settings, fut))
         gen = fut.result()
@@ -247,6 +308,110 @@ class OpenAICompatibleServer:
                 "logprobs": None,
             }],
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
+        }
+
+    def _model_generator(self, what: str) -> Any:
+        gen = self.generator
+        if not (hasattr(type(gen), "tokenizer") and hasattr(type(gen), "model") and hasattr(gen, "_encode")):
+            raise _BadRequest(f"{what} needs a model in this server's process (serve a TransformersGenerator)",
+                              status=501, code="not_supported")
+        return gen
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise _BadRequest("streaming is not supported by this server; send stream=false", param="stream")
+        if body.get("n", 1) != 1:
+            raise _BadRequest("only n=1 is supported", param="n")
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise _BadRequest("'prompt' must be one non-empty string", param="prompt")
+        echo = bool(body.get("echo"))
+        logprobs, prompt_logprobs = body.get("logprobs"), body.get("prompt_logprobs")
+        for name, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 20):
+                raise _BadRequest(f"'{name}' must be an integer from 0 to 20", param=name)
+        if echo and logprobs is not None and not self.echo_logprobs:
+            raise _BadRequest("echo is not supported with logprobs by this server", param="echo")
+        n_new = body.get("max_completion_tokens", body.get("max_tokens", 16))
+        if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 0:
+            raise _BadRequest("'max_tokens' must be an integer >= 0", param="max_tokens")
+        settings = _settings_from_body({**body, "max_completion_tokens": max(n_new, 1)}, self.defaults)
+        gen = self._model_generator("/v1/completions")
+        job = _Job(lambda: self._complete(gen, prompt, n_new, settings, echo, logprobs, prompt_logprobs))
+        self._queue.put(job)
+        return job.future.result()
+
+    def _complete(self, gen: Any, prompt: str, n_new: int, settings: SamplingSettings, echo: bool,
+                  logprobs: int | None, prompt_logprobs: int | None) -> dict[str, Any]:
+        """One completion with vLLM-style log-probabilities, computed by the served model."""
+        torch = require("torch")
+        tok, model = gen.tokenizer, gen.model
+        ids = tok(prompt, add_special_tokens=True)["input_ids"]
+        if self.context_window is not None and len(ids) + n_new > self.context_window:
+            raise _too_long(self.context_window, len(ids), n_new, "prompt")
+        text, finish, new_ids = "", "length", []
+        if n_new > 0:
+            out = gen._generate_chunk([ids], settings.model_copy(update={"max_new_tokens": n_new}), [])[0]
+            text, finish = out.text, out.finish_reason
+            new_ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+        want_lp = logprobs is not None or prompt_logprobs is not None
+        choice: dict[str, Any] = {"index": 0, "text": (prompt + text) if echo else text,
+                                  "logprobs": None, "finish_reason": finish}
+        if want_lp:
+            seq = ids + new_ids
+            with gen._lock, torch.inference_mode():
+                logits = model(input_ids=torch.tensor([seq], device=model.device)).logits[0, :-1].float()
+            lse = torch.logsumexp(logits, dim=-1)
+            target = torch.tensor(seq[1:], device=logits.device)
+            token_lp = (logits.gather(-1, target[:, None]).squeeze(-1) - lse).tolist()
+            ranks = (logits > logits.gather(-1, target[:, None])).sum(-1).add(1).tolist()
+            k = max(logprobs or 0, prompt_logprobs or 0)
+            top_v, top_i = (torch.topk(logits, k, dim=-1) if k else (None, None))
+            lps: list[float | None] = [None, *token_lp]  # position 0 has nothing before it
+
+            def top(pos: int) -> list[tuple[int, float]]:
+                if top_v is None or pos == 0:
+                    return []
+                return [(int(i), float(v - lse[pos - 1])) for v, i in zip(top_v[pos - 1], top_i[pos - 1], strict=True)]
+
+            pieces = [tok.decode(seq[: j + 1]) for j in range(len(seq))]
+            strs = [pieces[0]] + [pieces[j][len(pieces[j - 1]):] if pieces[j].startswith(pieces[j - 1])
+                                  else tok.decode([seq[j]]) for j in range(1, len(seq))]
+            if logprobs is not None:
+                first = 0 if echo else len(ids)
+                offsets, pos = [], 0
+                for j in range(len(seq)):
+                    offsets.append(pos)
+                    pos += len(strs[j])
+                base = offsets[first] if first < len(seq) else pos
+                choice["logprobs"] = {
+                    "tokens": strs[first:],
+                    "token_logprobs": lps[first:],
+                    "text_offset": [o - base + (0 if echo else len(prompt)) for o in offsets[first:]],
+                    "top_logprobs": [
+                        None if j == 0 else {
+                            **{tok.decode([i]): v for i, v in top(j)[:logprobs]}, strs[j]: lps[j]}
+                        for j in range(first, len(seq))
+                    ],
+                }
+            if prompt_logprobs is not None:
+                plp: list[dict[str, Any] | None] = [None]
+                for j in range(1, len(ids)):
+                    entry = {str(i): {"logprob": v, "rank": r + 1, "decoded_token": tok.decode([i])}
+                             for r, (i, v) in enumerate(top(j)[:prompt_logprobs])}
+                    entry[str(ids[j])] = {"logprob": lps[j], "rank": ranks[j - 1], "decoded_token": strs[j]}
+                    plp.append(entry)
+                choice["prompt_logprobs"] = plp
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [choice],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": len(new_ids),
+                      "total_tokens": len(ids) + len(new_ids)},
         }
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -298,8 +463,11 @@ class OpenAICompatibleServer:
                 path = self.path.split("?")[0].rstrip("/")
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                if path not in ("/v1/chat/completions", "/chat/completions"):
-                    self._error(404, f"no route POST {path}; use /v1/chat/completions", code="not_found")
+                routes = {"/v1/chat/completions": server._chat, "/chat/completions": server._chat,
+                          "/v1/completions": server._completion, "/completions": server._completion}
+                if path not in routes:
+                    self._error(404, f"no route POST {path}; use /v1/chat/completions or /v1/completions",
+                                code="not_found")
                     return
                 if not self._authorised():
                     return
@@ -326,12 +494,13 @@ class OpenAICompatibleServer:
                     if not isinstance(body, dict):
                         self._error(400, "request body must be a JSON object", code="invalid_json")
                         return
+                    server.bodies.append(body)
                     try:
-                        self._send(200, server._chat(body))
+                        self._send(200, routes[path](body))
                     except _BadRequest as exc:
                         self._error(exc.status, str(exc), code=exc.code, param=exc.param)
                     except Exception as exc:
-                        log.exception("chat completion failed")
+                        log.exception("completion failed")
                         self._error(500, f"{type(exc).__name__}: {exc}", code="internal_error")
                 finally:
                     with server._stats_lock:
@@ -343,5 +512,6 @@ class OpenAICompatibleServer:
 def serve(generator: Any, *, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Serve ``generator`` with the OpenAI chat-completions API until interrupted (blocking)."""
     srv = OpenAICompatibleServer(generator, host=host, port=port, **kwargs)
-    print(f"ctxkit: serving {srv.model_name!r} at {srv.url} (POST /chat/completions); Ctrl-C to stop", flush=True)
+    print(f"ctxkit: serving {srv.model_name!r} at {srv.url} (POST /chat/completions, /completions); Ctrl-C to stop",
+          flush=True)
     srv.serve_forever()

@@ -36,6 +36,8 @@ from .base import (
     SamplingSettings,
     as_messages,
 )
+from .budget import PromptTooLong as _TooLong
+from .budget import TokenizerCounter, encode_prompt, fit_context, render_chat
 
 __all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "ROW_PREFILL_MIN_TOKENS", "TransformersGenerator", "model_cache_dir"]
 
@@ -57,10 +59,6 @@ def _gguf_cache_path(name: str, gguf_path: Path) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
     key = hashlib.sha1(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     return model_cache_dir() / f"{safe}-{key}"
-
-
-class _TooLong(Exception):
-    """A prompt that does not fit even with all its context removed."""
 
 
 class TransformersGenerator(BaseGenerator):
@@ -303,22 +301,10 @@ class TransformersGenerator(BaseGenerator):
         if self.strip_context_markers:
             o, c = self.context_markers
             messages = [Message(role=m.role, content=m.content.replace(o, "").replace(c, "")) for m in messages]
-        if self.chat_template is False:
-            return "\n\n".join(m.content for m in messages)
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
-        kw: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-        if isinstance(self.chat_template, str):
-            kw["chat_template"] = self.chat_template
-        elif not getattr(tok, "chat_template", None):
-            return "\n\n".join(m.content for m in messages)
-        return tok.apply_chat_template(dicts, **kw)
+        return render_chat(messages, tok, self.chat_template)
 
     def _encode(self, text: str) -> list[int]:
-        # Chat templates write BOS themselves; without a template, let the tokenizer add it.
-        add = self.chat_template is False or not getattr(self._tokenizer, "chat_template", None)
-        if isinstance(self.chat_template, str):
-            add = False
-        return self._tokenizer(text, add_special_tokens=add)["input_ids"]
+        return encode_prompt(self._tokenizer, text, self.chat_template)
 
     def _budget(self, max_new_tokens: int) -> int:
         if self.max_input_tokens is not None:
@@ -330,79 +316,13 @@ class TransformersGenerator(BaseGenerator):
             ctx = min(ctx, tml)
         return max(ctx - max_new_tokens, 1)
 
-    def _context_spans(self, content: str) -> list[tuple[int, int]]:
-        """(start, end) of the text inside each context block of ``content``."""
-        o, c = self.context_markers
-        spans, pos = [], 0
-        while True:
-            i = content.find(o, pos)
-            if i < 0:
-                return spans
-            j = content.find(c, i + len(o))
-            if j < 0:
-                raise InputError(
-                    f"a message opens a context block with {o!r} but never closes it with {c!r}"
-                )
-            spans.append((i + len(o), j))
-            pos = j + len(c)
-
-    def _cut_tail(self, text: str, n_tokens: int) -> str:
-        """``text`` without its last ``n_tokens`` tokens (cut at a token boundary)."""
-        if n_tokens <= 0:
-            return text
-        tok = self._tokenizer
-        try:
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = enc["offset_mapping"]
-            if len(offsets) <= n_tokens:
-                return ""
-            return text[: offsets[len(offsets) - n_tokens][0]]
-        except (NotImplementedError, TypeError, KeyError):  # slow tokenizer: decode kept tokens
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            return tok.decode(ids[: max(len(ids) - n_tokens, 0)])
-
     def _prepare(self, messages: list[Message], budget: int) -> tuple[list[int], int]:
         """Token ids of the prompt within ``budget``; returns (ids, context tokens removed)."""
-        if not messages:
-            raise InputError("empty conversation: give at least one message")
-        for m in messages:  # malformed markers are an error even when no truncation is needed
-            self._context_spans(m.content)
-        ids = self._encode(self._render(messages))
-        if not ids:
-            raise InputError("the prompt is empty after rendering; give a non-empty message")
-        if len(ids) <= budget:
-            return ids, 0
-        removed = 0
-        msgs = [m.model_copy() for m in messages]
-        for _ in range(64):
-            excess = len(ids) - budget
-            if excess <= 0:
-                return ids, removed
-            # Drop `excess` tokens from the end of the last non-empty context block backwards.
-            progressed = False
-            for mi in reversed(range(len(msgs))):
-                content = msgs[mi].content
-                for start, end in reversed(self._context_spans(content)):
-                    inner = content[start:end]
-                    if not inner.strip():
-                        continue
-                    n_inner = len(self._tokenizer(inner, add_special_tokens=False)["input_ids"])
-                    take = min(excess, n_inner)
-                    kept = self._cut_tail(inner, take).rstrip() if take < n_inner else ""
-                    msgs[mi] = Message(role=msgs[mi].role, content=content[:start] + kept + content[end:])
-                    removed += take
-                    progressed = True
-                    break
-                if progressed:
-                    break
-            if not progressed:
-                raise _TooLong(
-                    f"the prompt needs {len(ids)} tokens but the budget is {budget} and no context "
-                    "is left to truncate; shorten the question/instructions, raise max_input_tokens, "
-                    f"or mark truncatable text with {self.context_markers[0]}...{self.context_markers[1]}"
-                )
-            ids = self._encode(self._render(msgs))
-        raise _TooLong(f"could not fit the prompt into {budget} tokens")
+        ids, _, removed = fit_context(
+            messages, budget, encode=lambda ms: self._encode(self._render(ms)),
+            counter=TokenizerCounter(self._tokenizer), markers=self.context_markers,
+        )
+        return ids, removed
 
     # -- generation ------------------------------------------------------------------------------
     def generate(
@@ -518,7 +438,8 @@ class TransformersGenerator(BaseGenerator):
             if cut is not None:
                 if cut > sent:
                     yield text[sent:cut]
-                sent = len(text) + 1
+                for _ in streamer:  # drain: the worker finishes the (unseen) rest
+                    pass
                 break
             if len(text) - hold > sent:
                 yield text[sent : len(text) - hold]
@@ -526,8 +447,6 @@ class TransformersGenerator(BaseGenerator):
         else:
             if len(text) > sent:
                 yield text[sent:]
-        for _ in streamer:  # drain after a stop string so the worker can finish
-            pass
         thread.join()
         if failure:
             raise failure[0]
@@ -687,6 +606,10 @@ class TransformersGenerator(BaseGenerator):
         Returns:
             One float per pair; ``nan`` for a pair that cannot be scored (e.g. too long, empty
             continuation), with the reason logged.
+
+        Memory: rows are left-padded so that the model computes logits only for the last
+        positions (``logits_to_keep``, where its forward takes it); the log-softmax runs in float32
+        blocks over the continuation positions only, never over ``batch x length x vocab``.
         """
         torch = require("torch")
         if reduce not in ("sum", "mean"):
@@ -713,22 +636,34 @@ class TransformersGenerator(BaseGenerator):
                 log.warning("score: cannot score item %d: %s", i, exc)
         rows.sort(key=lambda r: len(r[1]), reverse=True)
         pad_id = tok.pad_token_id
+        params = self._forward_params()
+        # Left padding puts every continuation at the end of its row, so only the last positions'
+        # logits are needed (``logits_to_keep``). It needs explicit position ids; a model whose
+        # forward takes none is right-padded (natural positions) and returns full logits.
+        left = "position_ids" in params
+        keep_arg = left and "logits_to_keep" in params
+        dev = model.device
         for chunk in self._chunks(rows, lambda r: len(r[1])):
             width = max(len(r[1]) for r in chunk)
+            keep = max(n for _, _, n in chunk) + 1
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (_, r, _) in enumerate(chunk):  # right padding: positions stay natural
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            for j, (_, r, _) in enumerate(chunk):
+                span = slice(width - len(r), width) if left else slice(0, len(r))
+                ids[j, span] = torch.tensor(r)
+                mask[j, span] = 1
+            kw: dict[str, Any] = {}
+            if left:
+                kw["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(dev)
+            if keep_arg:
+                kw["logits_to_keep"] = keep
             with self._lock, torch.inference_mode():
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-                logp = torch.log_softmax(logits.float(), dim=-1)
-            for j, (i, r, n) in enumerate(chunk):
-                L = len(r)
-                targets = torch.tensor(r[L - n :], device=logp.device)
-                lp = logp[j, L - n - 1 : L - 1].gather(-1, targets[:, None]).squeeze(-1)
-                total = float(lp.sum())
-                out[i] = total / n if reduce == "mean" else total
+                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kw).logits
+                for j, (i, r, n) in enumerate(chunk):
+                    end = logits.shape[1] if left else len(r)  # one past the row's last position
+                    targets = torch.tensor(r[len(r) - n :], device=logits.device)
+                    total = float(_token_logprobs(logits[j, end - n - 1 : end - 1], targets).sum())
+                    out[i] = total / n if reduce == "mean" else total
         return out
 
     def _chunks(self, rows: list[Any], length: Callable[[Any], int]) -> list[list[Any]]:
@@ -753,3 +688,21 @@ class TransformersGenerator(BaseGenerator):
 def _first_stop(text: str, stops: list[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+_SCORE_BLOCK_ELEMENTS = 1 << 24
+"""Logits converted to float32 at a time when scoring (16M values: 64 MB, 128 rows of a 128k vocabulary)."""
+
+
+def _token_logprobs(logits: Any, targets: Any) -> Any:
+    """``log_softmax(logits)[k, targets[k]]`` per row, in float32 blocks of rows.
+
+    ``logits`` is ``(n, V)`` in the model's dtype; no ``(n, V)`` float32 copy is made at once.
+    """
+    torch = require("torch")
+    step = max(1, _SCORE_BLOCK_ELEMENTS // max(int(logits.shape[-1]), 1))
+    parts = []
+    for s in range(0, int(logits.shape[0]), step):
+        z = logits[s : s + step].float()
+        parts.append(z.gather(-1, targets[s : s + step, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
+    return torch.cat(parts) if parts else torch.zeros(0, device=logits.device)

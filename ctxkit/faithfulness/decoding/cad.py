@@ -10,7 +10,9 @@ forward of the context-free prompts at the first step, then one batched single-t
 step (the token just generated). The context-free prompts are derived from the real prompts by
 removing the ``<context>...</context>`` blocks (the markers
 :class:`~ctxkit.llm.TransformersGenerator` truncates by), or given explicitly with
-:meth:`CADLogitsProcessor.set_unconditional`.
+:meth:`CADLogitsProcessor.set_unconditional`. Explicit context-free prompts are matched to the rows
+of each ``generate`` call by their conditional prompt, so they stay aligned when a generator sorts
+a batch by length and splits it into several calls.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class CADLogitsProcessor:
         alpha: Contrast weight ``a`` (0 = plain decoding; Shi et al. use 0.5-1).
         context_markers: The ``(open, close)`` strings around context inside prompts.
         adaptive: AdaCAD: per-row, per-step weight ``alpha * JSD(p_ctx, p_noctx)``.
-        record_stats: Keep the per-step weights (see :attr:`weights`).
+        record_stats: Keep the per-step weights (see :attr:`weights`; with a generator that splits
+            a batch, they cover its last ``generate`` call).
     """
 
     def __init__(
@@ -97,7 +100,10 @@ class CADLogitsProcessor:
         self._block = re.compile(re.escape(context_markers[0]) + r".*?" + re.escape(context_markers[1]), re.DOTALL)
         self.record_stats = record_stats
         self._tracker = StepTracker(getattr(tokenizer, "pad_token_id", None))
-        self._pending: list[list[int]] | None = None
+        self._generator: Any = None
+        self._pending: list[list[int]] | None = None  # context-free rows in the next call's row order
+        self._by_prompt: dict[tuple[int, ...], list[list[int]]] = {}  # conditional prompt -> context-free rows
+        self._keep_arg: bool | None = None
         self._cache: Any = None
         self._cache_arg: str | None = None
         self._mask: Any = None
@@ -110,14 +116,83 @@ class CADLogitsProcessor:
     def for_generator(cls, generator: Any, **kwargs: Any) -> CADLogitsProcessor:
         """A processor for a :class:`~ctxkit.llm.TransformersGenerator` (prompts need context markers)."""
         kwargs.setdefault("context_markers", generator.context_markers)
-        return cls(generator.model, generator.tokenizer, **kwargs)
+        proc = cls(generator.model, generator.tokenizer, **kwargs)
+        proc._generator = generator
+        return proc
 
-    def set_unconditional(self, rows: Sequence[Sequence[int]]) -> CADLogitsProcessor:
-        """Context-free prompt token ids, one per row of the next ``generate`` call (in row order)."""
-        if not rows or any(len(r) == 0 for r in rows):
-            raise InputError("set_unconditional needs one non-empty list of token ids per row")
-        self._pending = [list(map(int, r)) for r in rows]
+    def set_unconditional(
+        self,
+        rows: Sequence[Any],
+        *,
+        prompts: Sequence[Any] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> CADLogitsProcessor:
+        """Give the context-free prompts explicitly instead of deriving them from the markers.
+
+        Args:
+            rows: One context-free prompt per row: token ids, or (for a processor made with
+                :meth:`for_generator`) conversations, rendered and truncated as the generator does.
+            prompts: The conditional prompts of the same rows (token ids or conversations, like
+                ``rows``). Each row of the following ``generate`` calls is then matched to its
+                context-free prompt by its own prompt, whatever order and chunks the rows run in
+                (a :class:`~ctxkit.llm.TransformersGenerator` sorts a batch by length and may split
+                it); the pairs are used up as they are matched. Required for a processor made with
+                :meth:`for_generator`.
+            max_new_tokens: With conversations: the ``max_new_tokens`` of the ``generate`` call
+                (it sets the prompt budget, hence the truncation). Default: the generator's.
+
+        Without ``prompts``, ``rows`` are the rows of the next ``model.generate`` call, in its row
+        order.
+
+        Raises:
+            InputError: empty rows, or ``rows`` and ``prompts`` of different lengths.
+            ConfigError: rows without ``prompts`` for a processor made for a generator.
+        """
+        if not rows:
+            raise InputError("set_unconditional needs one context-free prompt per row")
+        if prompts is None and self._generator is not None:
+            raise ConfigError(
+                "set_unconditional: a TransformersGenerator sorts a batch by length and may split it, "
+                "so context-free rows cannot be matched by position; pass prompts=<the conversations "
+                "given to generate> as well"
+            )
+        uncond = [self._ids(r, max_new_tokens) for r in rows]
+        if prompts is None:
+            self._pending, self._by_prompt = uncond, {}
+            return self
+        if len(prompts) != len(rows):
+            raise InputError(f"set_unconditional got {len(rows)} rows but {len(prompts)} prompts")
+        self._pending, self._by_prompt = None, {}
+        for p, u in zip(prompts, uncond, strict=True):
+            self._by_prompt.setdefault(tuple(self._ids(p, max_new_tokens)), []).append(u)
         return self
+
+    def _ids(self, row: Any, max_new_tokens: int | None) -> list[int]:
+        """Token ids of a row given as ids, or as a conversation through the generator."""
+        is_ids = not isinstance(row, str) and (
+            hasattr(row, "tolist") or all(isinstance(t, int) and not isinstance(t, bool) for t in row)
+        )
+        if not is_ids:
+            if self._generator is None:
+                raise InputError(
+                    "set_unconditional got conversations; give token ids, or make the processor with "
+                    f"{type(self).__name__}.for_generator(generator)"
+                )
+            from ...llm.base import as_messages
+
+            gen = self._generator
+            budget = gen._budget(max_new_tokens or gen.default_settings.max_new_tokens)
+            try:
+                ids, _ = gen._prepare(as_messages(row), budget)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a prompt that cannot fit the budget (private error type)
+                raise InputError(f"set_unconditional: cannot prepare a prompt: {exc}") from None
+        else:
+            ids = [int(t) for t in (row.tolist() if hasattr(row, "tolist") else row)]
+        if not ids:
+            raise InputError("set_unconditional needs non-empty prompts")
+        return ids
 
     @property
     def weights(self) -> list[list[float]]:
@@ -148,17 +223,22 @@ class CADLogitsProcessor:
         if self._cache_arg is None:  # transformers >= 5.x names it `cache`, older `past_key_values`
             params = inspect.signature(self.model.forward).parameters
             self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        kw = {self._cache_arg: self._cache} if self._cache is not None else {}
+            self._keep_arg = "logits_to_keep" in params  # only where the forward takes it
+        kw: dict[str, Any] = {self._cache_arg: self._cache} if self._cache is not None else {}
+        if self._keep_arg:
+            kw["logits_to_keep"] = 1
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                             logits_to_keep=1, **kw)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
         self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return out.logits[:, -1]
 
     def _start(self, input_ids: Any) -> None:
         torch = require("torch")
         b = int(input_ids.shape[0])
-        if self._pending is not None:
+        used: list[tuple[int, ...]] = []
+        if self._by_prompt:
+            rows, used = self._match_rows(input_ids)
+        elif self._pending is not None:
             if len(self._pending) != b:
                 raise InputError(f"set_unconditional got {len(self._pending)} rows but generate has {b}")
             rows, self._pending = self._pending, None
@@ -181,7 +261,38 @@ class CADLogitsProcessor:
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         self._cache, self._weights = None, []
         self._last = self._forward(ids, mask, pos)
+        self._use(used)  # a call that failed before this point (a retried chunk) keeps its pairs
         self._mask, self._pos = mask, pos[:, -1:]
+
+    def _match_rows(self, input_ids: Any) -> tuple[list[list[int]], list[tuple[int, ...]]]:
+        """The context-free prompt of every row, found by the row's own (unpadded) prompt; also
+        the keys to mark as used once the call has started (see :meth:`_use`)."""
+        keys = [tuple(r[s:]) for r, s in zip(input_ids.tolist(), self._tracker.start, strict=True)]
+        need: dict[tuple[int, ...], int] = {}
+        for key in keys:
+            need[key] = need.get(key, 0) + 1
+        missing = sum(n - len(self._by_prompt.get(key, [])) for key, n in need.items()
+                      if n > len(self._by_prompt.get(key, [])))
+        if missing:
+            raise InputError(
+                f"{missing} of {len(keys)} rows of this generate call have a prompt that was not "
+                "given to set_unconditional(..., prompts=...) (with conversations, pass the call's "
+                "max_new_tokens: it decides the truncation)"
+            )
+        seen: dict[tuple[int, ...], int] = {}
+        rows = []
+        for key in keys:
+            rows.append(self._by_prompt[key][seen.get(key, 0)])
+            seen[key] = seen.get(key, 0) + 1
+        return rows, keys
+
+    def _use(self, keys: list[tuple[int, ...]]) -> None:
+        """Consume the matched pairs (after the call's first forward pass succeeded)."""
+        for key in keys:
+            queue = self._by_prompt[key]
+            queue.pop(0)
+            if not queue:
+                del self._by_prompt[key]
 
     def _advance(self, new_tokens: Any) -> None:
         torch = require("torch")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["JsonAnswer", "clean_field", "parse_json_answer", "parse_list"]
+__all__ = ["BARE_ANSWER_MAX_WORDS", "JsonAnswer", "clean_field", "parse_json_answer", "parse_list"]
 
 # A list marker at the start of a line: "1.", "1)", "(1)", "-", "*", "•", "Fact 1:", "Step 2 -".
 # The marker must be followed by whitespace (or end the label with ":"), so a digit *inside* an
@@ -103,15 +103,20 @@ class JsonAnswer:
         data: The parsed object when the JSON (or near-JSON) parsed, else ``None``.
         ok: True when a JSON object with an answer field parsed.
         method: How the answer was found: ``"json"``, ``"near_json"``, ``"field"`` (regex on an
-            ``"answer"`` field of broken JSON), ``"label"`` (an ``Answer:`` line) or ``"raw"``.
+            ``"answer"`` field of broken JSON), ``"label"`` (an ``Answer:`` line), ``"bare"`` (the
+            whole output is one short line, see :data:`BARE_ANSWER_MAX_WORDS`) or ``"none"`` (no
+            answer found: ``answer`` is ``""``).
     """
 
     answer: str
     data: dict[str, Any] | None = None
     ok: bool = False
-    method: str = "raw"
+    method: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
+
+BARE_ANSWER_MAX_WORDS = 10
+"""An unparsable output is taken as the answer only when it is one line of at most this many words."""
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _ANSWER_FIELD = re.compile(
@@ -177,8 +182,11 @@ def parse_json_answer(text: str) -> JsonAnswer:
 
     Tolerates code fences, prose around the object, single quotes, trailing commas and an
     unterminated object. When nothing parses, an ``"answer": ...`` field or an ``Answer: ...``
-    line is extracted with a regex; only when both are absent is the stripped raw text used
-    (``method="raw"``, ``ok=False``).
+    line is extracted with a regex. When both are absent, a bare reply (one line of at most
+    :data:`BARE_ANSWER_MAX_WORDS` words, no braces) is the answer (``method="bare"``); anything
+    else gives ``answer=""`` (``method="none"``): the whole raw text is never scored as the answer
+    (the reference implementation's defect: a long reasoning text "contains" many answers).
+    All three fallbacks have ``ok=False``.
     """
     if not isinstance(text, str):
         return JsonAnswer(answer="")
@@ -195,7 +203,10 @@ def parse_json_answer(text: str) -> JsonAnswer:
     m = _ANSWER_LABEL.search(text)
     if m:
         return JsonAnswer(answer=m.group(1).strip().strip("*").strip(), method="label")
-    return JsonAnswer(answer=text.strip(), method="raw")
+    bare = text.strip()
+    if bare and "\n" not in bare and "{" not in bare and len(bare.split()) <= BARE_ANSWER_MAX_WORDS:
+        return JsonAnswer(answer=bare, method="bare")
+    return JsonAnswer(answer="", method="none")
 
 
 def clean_field(value: Any) -> Any:

@@ -71,7 +71,8 @@ def answer_prompt(
         mode: ``"direct"``, ``"cot"`` (JSON with reason + answer) or ``"scheduled_cot"``
             (fact analysis -> judgement -> context check -> final answer, as JSON).
         facts: Aligned context chunks to pay attention to (where the context may differ from
-            what the model believes).
+            what the model believes). Placed before the full context, so that truncation (which
+            shortens the last context block first) keeps them.
         choices: Options of a multiple-choice question.
         note: Extra section, e.g. a list of detected conflicts.
         markers: Open/close strings around the context (for truncation-aware generators).
@@ -83,10 +84,12 @@ def answer_prompt(
             "disagrees with what you believe, follow the context."
         )
     ]
-    parts.append(f"Context:\n{open_}{context}{close}")
+    # The key sentences come BEFORE the full context: a generator that truncates cuts the last
+    # context block first (from its end), so the full context shrinks before the key sentences do.
     if facts:
         key = "\n".join(f"- {f}" for f in facts)
         parts.append(f"Key sentences from the context:\n{open_}{key}{close}")
+    parts.append(f"Context:\n{open_}{context}{close}")
     if note:
         parts.append(note)
     parts.append(f"Question: {question}")

@@ -80,14 +80,15 @@ class _GeneratorStage(BaseStage):
 
     def _generate(self, states: list[ContextState], prompts: list[str], step: str) -> list[str | None]:
         """One generator call for the batch; failures are recorded on their item (None)."""
-        from ...llm.base import Message, SamplingSettings
+        from ...llm.base import Message
 
         if not prompts:
             return []
-        settings = SamplingSettings(max_new_tokens=self.max_new_tokens)
         batch = [[Message(role="user", content=p)] for p in prompts]
         try:
-            gens = self._gen.generate(batch, settings)
+            # an override, not a new SamplingSettings: the generator's own settings (repetition
+            # penalty, temperature, stop strings...) stay in force
+            gens = self._gen.generate(batch, max_new_tokens=self.max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - a broken backend fails every item of this step, not the run
             for s in states:
                 s.trace.errors.append(f"{self.name}/{step}: generator failed: {exc}")
@@ -279,13 +280,21 @@ class FactAligner(BaseStage):
             s.trace.count("conflicts.found", len(found))
 
 
+_LETTER_LABEL = re.compile(r"^(?:\(([A-Za-z])\)|([A-Za-z])(?:[.):]|$))")
+
+
 def _map_choice(answer: str, choices: list[str]) -> str:
-    """Map ``"B"``, ``"B."``, ``"(B) text"`` or an option's text to the option text."""
+    """Map ``"B"``, ``"B."``, ``"B)"``, ``"(B) text"`` or an option's text to the option text.
+
+    A letter counts as an option label only on its own or followed by ``.``, ``)`` or ``:``
+    (``"A dog"`` starts with the article "A", not with option A), and any text after the label
+    must agree with that option; otherwise the option whose text appears in the answer wins.
+    """
     a = answer.strip()
-    m = re.match(r"^\(?([A-Za-z])\)?(?:[.):\s]|$)", a)
+    m = _LETTER_LABEL.match(a)
     if m and len(choices) <= len(LETTERS):
-        i = LETTERS.find(m.group(1).upper())
-        if 0 <= i < len(choices) and (len(a) <= 3 or a[1:3].strip(" .):") == "" or True):
+        i = LETTERS.find((m.group(1) or m.group(2)).upper())
+        if 0 <= i < len(choices):
             rest = a[m.end():].strip()
             if not rest or rest.lower() in choices[i].lower() or choices[i].lower() in rest.lower():
                 return choices[i]
@@ -305,7 +314,8 @@ class SelfThinkAnswer(_GeneratorStage):
     mapped to the option text. Writes ``state.prompt``, ``state.answer`` (``""`` when generation
     failed), ``state.metadata["raw_answer"]`` and, for JSON modes, ``state.metadata["reason"]``;
     JSON failures are counted as ``faithful.json_parse_failures`` and the answer is then taken
-    from an ``"answer"`` field or ``Answer:`` line, never the whole raw text when those exist.
+    from an ``"answer"`` field, an ``Answer:`` line or a bare one-line reply; other output gives
+    an empty answer (counted in ``faithful.empty_answers``), never the whole raw text.
     """
 
 

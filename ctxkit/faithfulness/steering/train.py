@@ -102,7 +102,10 @@ class SteerTrainConfig(BaseModel):
         lora_r / lora_alpha / lora_dropout / lora_targets: LoRA settings.
         save_steps / save_total_limit / logging_steps: Checkpointing and logging.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        bf16: Train in bfloat16 mixed precision (GPU).
+        bf16: bfloat16 mixed precision: the forward and backward passes run under bf16 autocast
+            while the weights, their gradients and the optimizer state stay float32 (fp32 master
+            weights; the model is always loaded in float32 for training, whatever the device's
+            default dtype). Off: everything in float32. The saved model is float32 either way.
         seed: Training seed.
     """
 
@@ -268,10 +271,13 @@ def train_rw_steering(
         start = str(s1 / "final")
     else:
         start = cfg.model
-    gen = TransformersGenerator(start, device=cfg.device, dtype="float32" if not cfg.bf16 else "auto")
+    # fp32 master weights: bf16 runs as autocast (TrainingArguments(bf16=True)), never as bf16 weights
+    gen = TransformersGenerator(start, device=cfg.device, dtype="float32")
     gen.warm_up()
     model = gen.model
     model.train()
+    result["precision"] = {"weights": str(next(model.parameters()).dtype).replace("torch.", ""),
+                           "compute": "bfloat16 autocast" if cfg.bf16 else "float32"}
     if "stage1" not in result:
         model, result["stage1"] = _run_stage("stage1", model, gen, stage1, cfg, s1, cfg.stage1_epochs,
                                              cfg.max_steps_stage1, cfg.learning_rate, resume)

@@ -23,24 +23,29 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ...errors import ConfigError, IndexNotFoundError, InputError
+from ...errors import ConfigError, DuplicateDocumentError, IndexNotFoundError, InputError
 from ..chunking import chunk_text
 from .bm25_index import load_bm25, save_bm25, saved_generation
 from .clients import chroma_client
 from .documents import Document, as_document, sanitize_meta
 from .report import IngestReport
 
-__all__ = ["DEFAULT_COLLECTION", "MANIFEST", "Index"]
+__all__ = ["DEFAULT_COLLECTION", "EMBED_STEP", "MANIFEST", "Index", "OnDuplicate"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "ctxkit-index.json"
 DEFAULT_COLLECTION = "ctxkit"
 FORMAT_VERSION = 1
+EMBED_STEP = 256
+"""Chunks embedded per encoder call while writing (the progress bar advances after each)."""
+
+OnDuplicate = Literal["error", "keep_last"]
+
 _DEFAULTS: dict[str, Any] = {
     "collection": DEFAULT_COLLECTION,
     "embedding_model": "default",
@@ -296,45 +301,76 @@ class Index:
         show_progress: bool = False,
         total: int | None = None,
         rebuild_bm25: bool = True,
+        on_duplicate: OnDuplicate = "error",
+        on_warning: Callable[[str], None] | None = None,
     ) -> IngestReport:
         """Chunk, embed and write ``documents`` to Chroma and the chunk store, then rebuild BM25.
 
-        Documents are consumed lazily in batches of ``batch_size``; each batch is embedded in one
-        encoder call and committed before the next is read, so an exception part-way (e.g. from
-        the document iterator) leaves every earlier batch written; running the same ingest again
-        completes it. Same id + same text -> skipped; same id + new text -> replaced.
+        Documents are consumed lazily in batches of ``batch_size``; each batch is committed before
+        the next is read, so an exception part-way (e.g. from the document iterator) leaves every
+        earlier batch written; running the same ingest again completes it. Same id + same text ->
+        skipped; same id + new text -> replaced (an index keeps one document per id).
 
         Args:
             documents: :class:`Document` objects or dicts with ``id``/``_id``, ``text``,
                 optional ``title`` and ``metadata``.
             batch_size: Documents per write batch.
-            show_progress: Show a tqdm progress bar.
-            total: Number of documents, for the progress bar.
+            show_progress: Show a tqdm progress bar (it counts chunks as they are embedded, so a
+                single huge document shows progress too, and the documents read).
+            total: Number of documents, shown beside the bar.
             rebuild_bm25: Rebuild the BM25 index at the end (skip when adding many small batches
                 and call :meth:`rebuild_bm25` once).
+            on_duplicate: The same id twice in ``documents`` would silently keep one record:
+                ``"error"`` (default) raises :class:`~ctxkit.errors.DuplicateDocumentError` before
+                the batch holding the second one is written; ``"keep_last"`` keeps the last
+                record, warns, and lists the id in ``report.duplicates``.
+            on_warning: Called with each warning (default: logged by ``logging``).
 
         Returns:
             An :class:`IngestReport`.
+
+        Raises:
+            DuplicateDocumentError: a repeated id with ``on_duplicate="error"``.
         """
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ConfigError(f"Index.add: batch_size must be >= 1, got {batch_size}")
+        if on_duplicate not in ("error", "keep_last"):
+            raise ConfigError(f"Index.add: on_duplicate must be 'error' or 'keep_last', got {on_duplicate!r}")
+        warn = on_warning or log.warning
         t0 = time.perf_counter()
         report = IngestReport()
         _ = self.collection  # create it now: an index with no documents yet is still a valid index
-        bar = tqdm(total=total, unit="doc", desc="ingest", disable=not show_progress)
+        bar = tqdm(unit="chunk", desc="ingest", disable=not show_progress)
+        seen: dict[str, str] = {}  # id -> where it came from, over the whole call
         try:
             batch: list[Document] = []
             for raw in documents:
-                batch.append(as_document(raw))
+                doc = as_document(raw)
+                where = str(doc.metadata.get("source", "") or "the documents given")
+                if doc.id in seen:
+                    places = seen[doc.id] if seen[doc.id] == where else f"{seen[doc.id]}, then {where}"
+                    if on_duplicate == "error":
+                        raise DuplicateDocumentError(
+                            f"document id {doc.id!r} appears twice (in {places}); an index keeps one "
+                            "document per id, so one record would be lost. Give every document its own "
+                            "id, or keep the last record of each id with on_duplicate='keep_last' (CLI: "
+                            f"--on-duplicate keep-last). {report.written} documents of this ingest were "
+                            "written before the duplicate was found; a rerun skips them",
+                            doc_id=doc.id, sources=(seen[doc.id], where), written=report.written,
+                        )
+                    report.duplicates.append(doc.id)
+                    warn(f"duplicate document id {doc.id!r} (in {places}): keeping the last one")
+                seen[doc.id] = where
+                batch.append(doc)
                 if len(batch) >= batch_size:
-                    self._write_batch(batch, report)
-                    bar.update(len(batch))
+                    self._write_batch(batch, report, bar)
                     batch = []
+                    bar.set_postfix(docs=report.documents if total is None else f"{report.documents}/{total}")
             if batch:
-                self._write_batch(batch, report)
-                bar.update(len(batch))
+                self._write_batch(batch, report, bar)
+                bar.set_postfix(docs=report.documents if total is None else f"{report.documents}/{total}")
         finally:
             bar.close()
             report.seconds = time.perf_counter() - t0
@@ -343,10 +379,10 @@ class Index:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _write_batch(self, docs: list[Document], report: IngestReport) -> None:
+    def _write_batch(self, docs: list[Document], report: IngestReport, bar: Any = None) -> None:
         report.documents += len(docs)
         latest: dict[str, Document] = {}
-        for d in docs:  # the same id twice in one batch: the last one wins
+        for d in docs:  # the same id twice in one batch (on_duplicate="keep_last"): the last one wins
             latest[d.id] = d
         ids = list(latest)
         known: dict[str, tuple[str, int]] = {}
@@ -362,7 +398,6 @@ class Index:
                 report.unchanged += 1
                 continue
             todo.append((doc, h, self.chunk_document(doc)))
-        report.unchanged += len(docs) - len(latest)
         if not todo:
             return
         chunk_ids: list[str] = []
@@ -379,7 +414,13 @@ class Index:
             stale.extend(f"{doc.id}#{i}" for i in range(len(chunks), old_n))
         # 1) Chroma first: if we stop after this, SQLite still says "not written" and a re-run redoes it.
         if texts:
-            embeddings = self.embedding_function().embedder.encode(texts)
+            encoder = self.embedding_function().embedder
+            parts = []
+            for i in range(0, len(texts), EMBED_STEP):  # progress per slice, not per document
+                parts.append(encoder.encode(texts[i : i + EMBED_STEP]))
+                if bar is not None:
+                    bar.update(len(texts[i : i + EMBED_STEP]))
+            embeddings = _concat(parts)
             step = max(1, min(self.client.get_max_batch_size(), 5000) - 1)
             for i in range(0, len(texts), step):
                 self.collection.upsert(
@@ -471,3 +512,19 @@ class Index:
     def __repr__(self) -> str:
         mode = f"server {self._host}:{self._port}" if self.server_mode else "embedded"
         return f"Index({str(self.path)!r}, collection={self.collection_name!r}, {mode})"
+
+
+def _concat(parts: list[Any]) -> Any:
+    """One array of the encoder's output slices (numpy arrays, tensors or lists)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if hasattr(first, "detach"):  # torch
+        import torch
+
+        return torch.cat(parts)
+    if hasattr(first, "shape"):
+        import numpy as np
+
+        return np.concatenate(parts)
+    return [row for part in parts for row in part]

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,15 +27,18 @@ class LoadLog:
     Attributes:
         files: Files read successfully.
         skipped: ``(path, reason)`` for every file or line that was skipped.
+        on_warning: Called once with each warning (default: logged by ``logging``); a CLI passes
+            its printer here so that each warning is shown once.
     """
 
     files: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    on_warning: Callable[[str], None] | None = None
 
     def skip(self, where: str, reason: str) -> None:
-        """Record (and log) a skipped file or line."""
+        """Record a skipped file or line and warn about it (once)."""
         self.skipped.append((where, reason))
-        log.warning("skipped %s: %s", where, reason)
+        (self.on_warning or log.warning)(f"skipped {where}: {reason}")
 
 
 def doc_id_for_path(path: Path) -> str:
@@ -49,11 +52,21 @@ def doc_id_for_path(path: Path) -> str:
 
 
 def iter_files(paths: Iterable[str | os.PathLike[str]], log_: LoadLog | None = None) -> Iterator[Path]:
-    """Supported files under ``paths`` (files as given, folders recursively, sorted).
+    """Supported files under ``paths`` (files as given, folders recursively, sorted), each once
+    (a file named twice, or inside a folder also given, is read once).
 
     Raises:
         InputError: a path does not exist.
     """
+    seen: set[Path] = set()
+
+    def first_time(f: Path) -> bool:
+        key = f.resolve()
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     for raw in paths:
         p = Path(raw).expanduser()
         if not p.exists():
@@ -62,10 +75,11 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], log_: LoadLog | None = N
             for f in sorted(p.rglob("*")):
                 if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES and not any(
                     part.startswith(".") for part in f.relative_to(p).parts
-                ):
+                ) and first_time(f):
                     yield f
         elif p.suffix.lower() in SUPPORTED_SUFFIXES:
-            yield p
+            if first_time(p):
+                yield p
         elif log_ is not None:
             log_.skip(str(p), f"unsupported file type {p.suffix or '(none)'!r}; use .md, .txt or .jsonl")
 

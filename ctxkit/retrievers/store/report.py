@@ -15,6 +15,8 @@ class IngestReport:
         documents: Documents seen.
         written: Documents (re)written because they were new or changed.
         unchanged: Documents skipped because the index already held the same text.
+        duplicates: Ids met more than once in this ingest, once per extra occurrence (only with
+            ``on_duplicate="keep_last"``: the last record of each id was kept).
         chunks_written: Chunks embedded and upserted.
         chunks_deleted: Stale chunks removed from changed documents.
         skipped: ``(where, reason)`` for every file or line that could not be read.
@@ -25,6 +27,7 @@ class IngestReport:
     documents: int = 0
     written: int = 0
     unchanged: int = 0
+    duplicates: list[str] = field(default_factory=list)
     chunks_written: int = 0
     chunks_deleted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -33,8 +36,9 @@ class IngestReport:
 
     def summary(self) -> str:
         """One line for humans."""
+        dup = f", {len(self.duplicates)} duplicate ids (last kept)" if self.duplicates else ""
         return (
-            f"{self.documents} documents ({self.written} written, {self.unchanged} unchanged), "
+            f"{self.documents} documents ({self.written} written, {self.unchanged} unchanged{dup}), "
             f"{self.chunks_written} chunks written, {self.chunks_deleted} stale chunks deleted, "
             f"{len(self.skipped)} skipped, in {self.seconds:.1f}s"
         )
