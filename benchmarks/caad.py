@@ -22,6 +22,11 @@ Usage::
 
     python benchmarks/caad.py --model default --out results.json
     python benchmarks/caad.py --model default --device cuda --n-eval 400 --out results.json   # GPU
+    python benchmarks/caad.py --keys minilm,static --no-fewshot --n-eval 120 --out results.json  # window keys
+
+``--keys minilm,static`` scores CAAD with both window keys on the same forward passes (rows
+``caad_N`` and ``caad_N_static``) and reports the bootstrap std (over questions) of every row and of
+the paired static - MiniLM difference.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tau", type=float, default=0.7)
     ap.add_argument("--cad-alpha", type=float, default=0.5)
     ap.add_argument("--no-fewshot", action="store_true", help="skip few-shot / CAD / AdaCAD")
+    ap.add_argument("--keys", default="minilm",
+                    help="CAAD window keys, comma-separated: minilm (caad_N rows), static (the model2vec "
+                         "distillation of MiniLM; caad_N_static rows), both scored on the same forward passes")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the noise estimates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave)")
@@ -93,7 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
     gen.warm_up()
     model, tok = gen.model, gen.tokenizer
     dev = model.device
-    encoder = WindowEncoder("default", device=args.device)
+    keys = [k for k in args.keys.split(",") if k]
+    if not keys or set(keys) - {"minilm", "static"}:
+        ap.error(f"--keys: minilm and/or static, got {args.keys!r}")
+    encoders = {k: WindowEncoder(k, device=args.device) for k in keys}
 
     def prompt_ids(messages: list[dict]) -> list[int]:
         return gen._encode(gen.render(messages))
@@ -101,14 +113,16 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [int(s) for s in args.grounding.split(",") if s]
     procs: dict[str, CAADLogitsProcessor] = {}
     build_s: dict[str, float] = {}
-    for n in sizes:
-        tb = time.time()
-        ex = [(p["question"], best_answer(p)) for p in pool[:n]]
-        space = GroundingSpace.from_generator(gen, ex, embedder=encoder, show_progress=True)
-        procs[f"caad_{n}"] = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
-                                                 record_stats=False)
-        build_s[f"caad_{n}"] = round(time.time() - tb, 1)
-        print(f"grounding space {n} examples: {len(space)} entries in {build_s[f'caad_{n}']} s", file=sys.stderr)
+    for key, encoder in encoders.items():
+        for n in sizes:
+            name = f"caad_{n}" + ("" if key == "minilm" else f"_{key}")
+            tb = time.time()
+            ex = [(p["question"], best_answer(p)) for p in pool[:n]]
+            space = GroundingSpace.from_generator(gen, ex, embedder=encoder, show_progress=True)
+            procs[name] = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
+                                              record_stats=False)
+            build_s[name] = round(time.time() - tb, 1)
+            print(f"grounding space {name}: {len(space)} entries in {build_s[name]} s", file=sys.stderr)
 
     # few-shot prefix: the 10 grounding pairs as chat turns; its KV cache is computed once
     shots = [(p["question"], best_answer(p)) for p in pool[:10]]
@@ -160,6 +174,28 @@ def main(argv: list[str] | None = None) -> dict:
     te = time.time()
     host = machine()
 
+    def boot(values: dict[str, list[float]]) -> dict:
+        """Bootstrap std over questions of each method's mean, and of the paired difference
+        static - MiniLM for every CAAD row that has both keys (same resamples for all)."""
+        rng = random.Random(args.seed)
+        n = len(next(iter(values.values())))
+        if n < 2 or args.bootstrap < 2:
+            return {}
+        idx = [[rng.randrange(n) for _ in range(n)] for _ in range(args.bootstrap)]
+
+        def std(xs: list[float]) -> float:
+            means = [sum(xs[i] for i in ii) / n for ii in idx]
+            mu = sum(means) / len(means)
+            return round(math.sqrt(sum((m - mu) ** 2 for m in means) / (len(means) - 1)), 4)
+
+        out = {"std": {m: std(v) for m, v in values.items()}, "paired_static_minus_minilm": {}}
+        for m, vs in values.items():
+            if m.endswith("_static") and m[: -len("_static")] in values:
+                d = [a - b for a, b in zip(vs, values[m[: -len("_static")]], strict=True)]
+                out["paired_static_minus_minilm"][m[: -len("_static")]] = {
+                    "mean": round(sum(d) / n, 4), "bootstrap_std": std(d)}
+        return out
+
     def report(done: int, final: bool) -> dict:
         res = {
             "benchmark": "truthfulqa_mc",
@@ -169,10 +205,15 @@ def main(argv: list[str] | None = None) -> dict:
             "split": f"mc_task.json (790 q) shuffled with seed {args.seed}: grounding pool = first {args.pool}, "
             f"eval = next {len(evals)} ({done} scored)",
             "settings": {"alpha": args.alpha, "tau": args.tau, "window": 8, "cad_alpha": args.cad_alpha,
-                         "adacad_alpha": 1.0, "storage": "fp16"},
+                         "adacad_alpha": 1.0, "storage": "fp16", "keys": {k: e.name for k, e in encoders.items()},
+                         "threads": torch.get_num_threads()},
             "mc1": {m: round(sum(v) / done, 4) for m, v in mc1.items()},
             "mc2": {m: round(sum(v) / done, 4) for m, v in mc2.items()},
-            "caad_match_rate": {k: round(sum(v) / len(v), 4) for k, v in match_rates.items()},
+            "caad_match_rate": {k: round(sum(v) / len(v), 4) for k, v in match_rates.items() if v},
+            "bootstrap_mc1": boot({m: v[:done] for m, v in mc1.items()}),
+            "bootstrap_mc2": boot({m: v[:done] for m, v in mc2.items()}),
+            "per_question": {"mc1": {m: v[:done] for m, v in mc1.items()},
+                             "mc2": {m: [round(x, 5) for x in v[:done]] for m, v in mc2.items()}},
             "build_seconds": build_s,
             "eval_seconds": round(time.time() - te, 1),
             "total_seconds": round(time.time() - t0, 1),
@@ -190,7 +231,15 @@ def main(argv: list[str] | None = None) -> dict:
         p0 = prompt_ids([{"role": "user", "content": q}])
         seqs = [p0 + c for c in conts]
         targets = torch.tensor([t for c in conts for t in c], device=dev)
-        base = forward_sel(seqs, [len(p0)] * len(seqs))
+        # the question's prompt is read once (KV cache) and shared by every option
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([p0[:-1]], device=dev), use_cache=True)
+        q_cache = getattr(out, "cache", None) or out.past_key_values
+        base = forward_sel([[p0[-1], *c] for c in conts], [1] * len(conts), q_cache, len(p0) - 1)
+        if qi == 0:  # the shared prompt gives the logits of the full forward pass (fp32 rounding aside)
+            full = forward_sel(seqs, [len(p0)] * len(seqs))
+            print(f"prompt cache check: max |logit diff| = {float((full - base).abs().max()):.2e}", file=sys.stderr)
+            assert torch.allclose(full, base, atol=1e-3, rtol=1e-4)
         zs: dict[str, torch.Tensor] = {"plain": base}
         wins = [s[max(t - 8, 0) : t] for s in seqs for t in range(len(p0), len(s))]
         for name, proc in procs.items():

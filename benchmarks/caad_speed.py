@@ -20,6 +20,8 @@ Usage::
     python benchmarks/caad_speed.py --export-assets benchmarks/_caad_assets
     python benchmarks/caad_speed.py --device cuda --random-weights --assets benchmarks/_caad_assets \
         --dtype bfloat16 --new-tokens 64 --repeats 5 --reference-tokens 32 --out results.json   # GPU
+    python benchmarks/caad_speed.py --keys minilm,static --sizes 10000 --dense-sizes "" --no-reference \
+        --new-tokens 24 --repeats 7 --out results.json     # both window keys, paired with the same plain runs
 """
 
 from __future__ import annotations
@@ -98,9 +100,11 @@ def load_llm(args):
     return model.to(args.device).eval(), tok, name
 
 
-def load_encoder(args):
+def load_encoder(args, key: str = "minilm"):
     from ctxkit.faithfulness.decoding import WindowEncoder
 
+    if key == "static":  # a lookup table: its speed does not depend on the weights
+        return WindowEncoder("static")
     if not args.random_weights:
         return WindowEncoder("default", device=args.device)
     import sentence_transformers as st
@@ -139,7 +143,7 @@ def export_assets(out: Path) -> None:
     print(f"assets written to {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 
-def breakdown(args, model, tok, encoder, base, sizes, sync) -> dict:
+def breakdown(args, model, tok, encoder, base, sizes, sync, encoders=None) -> dict:
     """Milliseconds per decoding step of the processor's parts, without the LLM."""
     import torch
 
@@ -163,9 +167,13 @@ def breakdown(args, model, tok, encoder, base, sizes, sync) -> dict:
         q = encoder.encode(window_texts(tok, wins)).to(model.device)
         row = {"decode_ms": med(lambda wins=wins: window_texts(tok, wins)),
                "embed_ms": med(lambda wins=wins: encoder.encode(window_texts(tok, wins)))}
+        for k, e in (encoders or {}).items():
+            if e is not encoder:
+                row[f"embed_{k}_ms"] = med(lambda wins=wins, e=e: e.encode(window_texts(tok, wins)))
         for n in sizes:
             space = GroundingSpace.synthetic(n, vocab_size=base.vocab_size, base=base, storage=args.storage,
                                              top_k=args.top_k)
+            space.device_storage = args.storage
             space.on(q.device)
             row[f"search_{n}_ms"] = med(lambda space=space, q=q: space.shift(q, tau=args.tau))
         inputs = tok([tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
@@ -220,6 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefetch", default="auto", choices=sorted(PREFETCH),
                     help="embed windows on a spare core during the forward pass (auto: CPU with a free core); "
                          "when on, the serial processor is timed too")
+    ap.add_argument("--keys", default="minilm",
+                    help="CAAD window keys to time, comma-separated: minilm, static (the model2vec distillation; "
+                         "rows keyed b<B>/<N>/<storage>/static, overheads under overhead_static...); each CAAD "
+                         "run is paired with the same plain run")
     ap.add_argument("--breakdown-only", action="store_true",
                     help="only time the processor's parts per step (window embedding, search) without the LLM")
     ap.add_argument("--out", default="results.json")
@@ -237,14 +249,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok, model_name = load_llm(args)
-    encoder = load_encoder(args)
+    keys = [k for k in args.keys.split(",") if k]
+    if not keys or set(keys) - {"minilm", "static"}:
+        ap.error(f"--keys: minilm and/or static, got {args.keys!r}")
+    encoders = {k: load_encoder(args, k) for k in keys}
+    encoder = encoders[keys[0]]
     cuda = args.device.startswith("cuda")
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    base = GroundingSpace.build(QUICKSTART_EXAMPLES, model, tok, embedder=encoder, storage="fp16")
+    bases = {k: GroundingSpace.build(QUICKSTART_EXAMPLES, model, tok, embedder=e, storage="fp16")
+             for k, e in encoders.items()}
+    base = bases[keys[0]]
     vocab = base.vocab_size
 
     def make_inputs(b: int):
@@ -270,20 +288,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.breakdown_only:
-        return breakdown(args, model, tok, encoder, base, sizes, sync)
+        return breakdown(args, model, tok, encoder, base, sizes, sync, encoders)
     dense = [int(s) for s in args.dense_sizes.split(",") if s] if args.storage == "topk" else []
     batches = [int(b) for b in args.batches.split(",") if b]
     configs = [(n, args.storage) for n in sizes] + [(n, "fp16") for n in dense]
     table: dict[str, dict] = {}
     match_rate: dict[str, float] = {}
+    device_name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU"
+    settings = {"model": model_name, "device": args.device, "device_name": device_name, "dtype": args.dtype,
+                "new_tokens": args.new_tokens, "repeats": args.repeats, "storage": args.storage,
+                "top_k": args.top_k, "tau": args.tau, "alpha": args.alpha,
+                "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights,
+                "prefetch": args.prefetch, "cpu_count": os.cpu_count(),
+                "keys": {k: e.name for k, e in encoders.items()},
+                "space": f"{len(base)} real entries (quickstart Q/A) + synthetic random keys/top-k logits"}
     for b in batches:
         inputs = make_inputs(b)
         run(inputs, [], 4)  # warm-up
-        for n, storage in configs:
-            space = GroundingSpace.synthetic(n, vocab_size=vocab, base=base, storage=storage, top_k=args.top_k)
-            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
+        for (n, storage), key_name in [(c, k) for c in configs for k in keys]:
+            enc = encoders[key_name]
+            space = GroundingSpace.synthetic(n, vocab_size=vocab, base=bases[key_name], storage=storage,
+                                             top_k=args.top_k)
+            space.device_storage = storage  # time the storage the row is labelled with, also on a GPU
+            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
                                        prefetch=PREFETCH[args.prefetch])
-            serial = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=encoder,
+            serial = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
                                          prefetch=False)
             overlap = proc._prefetch_enabled()
             space.on(model.device)
@@ -294,11 +323,12 @@ def main(argv: list[str] | None = None) -> dict:
                 caad.append(run(inputs, [proc], args.new_tokens))
                 if overlap:
                     caad_serial.append(run(inputs, [serial], args.new_tokens))
-            key = f"b{b}/{n}/{storage}"
+            key = f"b{b}/{n}/{storage}" + ("" if key_name == "minilm" else f"/{key_name}")
             p, c = statistics.median(plain), statistics.median(caad)
             # ratio = median of the per-repeat ratios: each CAAD run is paired with the plain run
             # just before it, so slow drifts of a shared machine cancel out
-            table[key] = {"batch": b, "entries": n, "storage": storage, "plain_ms_per_token": round(p * 1e3, 2),
+            table[key] = {"batch": b, "entries": n, "storage": storage, "key": key_name,
+                          "plain_ms_per_token": round(p * 1e3, 2),
                           "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(paired(caad, plain), 3),
                           "prefetch": overlap, "prefetch_hits": proc.stats.prefetch_hits,
                           "prefetch_misses": proc.stats.prefetch_misses}
@@ -308,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
                                   ratio_serial=round(paired(caad_serial, plain), 3))
             match_rate[key] = round(proc.stats.match_rate, 3)
             print(json.dumps({key: table[key]}), flush=True)
+            # every finished row is in the JSON at once: a run stopped by a time limit keeps it
+            write_json(args.out, {"benchmark": "caad_speed", "complete": False, "table": table,
+                                  "match_rate": match_rate, "settings": settings, "machine": machine()})
             del space, proc
     ref = {}
     if not args.no_reference:
@@ -324,27 +357,24 @@ def main(argv: list[str] | None = None) -> dict:
                             "ratio_vs_plain": round(nocache / plain, 3)}
             print(json.dumps({f"reference b{b}": ref[f"b{b}"]}), flush=True)
 
-    def ratios(b: int, storage: str) -> dict[str, float]:
-        return {str(n): table[f"b{b}/{n}/{storage}"]["ratio"] for n in sizes + dense
-                if f"b{b}/{n}/{storage}" in table}
+    def ratios(b: int, storage: str, key_name: str = "minilm") -> dict[str, float]:
+        sfx = "" if key_name == "minilm" else f"/{key_name}"
+        return {str(n): table[f"b{b}/{n}/{storage}{sfx}"]["ratio"] for n in sizes + dense
+                if f"b{b}/{n}/{storage}{sfx}" in table}
 
     b0 = batches[0]
-    device_name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU"
     res = {
         "benchmark": "caad_speed",
+        "complete": True,
         "overhead": ratios(b0, args.storage),
         "overhead_batch": b0,
         **{f"overhead_batch{b}": ratios(b, args.storage) for b in batches if b != b0},
         **({f"overhead_fp16_batch{b}": ratios(b, "fp16") for b in batches} if dense else {}),
+        **{f"overhead_{k}_batch{b}": ratios(b, args.storage, k) for k in keys if k != "minilm" for b in batches},
         "reference_nocache": ref,
         "table": table,
         "match_rate": match_rate,
-        "settings": {"model": model_name, "device": args.device, "device_name": device_name, "dtype": args.dtype,
-                     "new_tokens": args.new_tokens, "repeats": args.repeats, "storage": args.storage,
-                     "top_k": args.top_k, "tau": args.tau, "alpha": args.alpha,
-                     "torch_threads": torch.get_num_threads(), "random_weights": args.random_weights,
-                     "prefetch": args.prefetch, "cpu_count": os.cpu_count(),
-                     "space": f"{len(base)} real entries (quickstart Q/A) + synthetic random keys/top-k logits"},
+        "settings": settings,
         "machine": machine(),
     }
     write_json(args.out, res)

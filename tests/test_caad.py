@@ -349,3 +349,38 @@ def test_prefetch_auto_needs_a_spare_core(lm, space, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: torch.get_num_threads() + 1)
     assert proc._prefetch_enabled()
     assert not CAADLogitsProcessor(space, tok, prefetch=False)._prefetch_enabled()
+
+
+def test_dense_space_is_searched_as_top_k_rows_on_a_gpu(lm, space, encoder):
+    """``device_storage="auto"``: a full-logit space keeps top-k rows on an accelerator, never the
+    dense table (checked on the ``meta`` device: real placement and shapes, no GPU needed), and
+    searching it that way equals searching the top-k copy of the space."""
+    import copy
+
+    model, tok = lm
+    assert space.storage == "fp16" and space.device_storage == "auto"
+    assert space.storage_on(torch.device("cpu")) == "fp16"
+    assert space.storage_on(torch.device("cuda:0")) == space.storage_on("mps") == "topk"
+    on_meta = copy.copy(space)
+    on_meta._device_cache = {}
+    t = on_meta.on(torch.device("meta"))
+    assert t["storage"] == "topk" and t["logits"] is None
+    assert t["idx"].device.type == "meta" and tuple(t["idx"].shape) == (len(space), min(64, space.vocab_size))
+    dense_on_gpu = copy.copy(space)
+    dense_on_gpu._device_cache, dense_on_gpu.device_storage = {}, "fp16"
+    assert dense_on_gpu.storage_on("cuda") == "fp16"
+
+    forced = copy.copy(space)
+    forced._device_cache, forced.device_storage, forced.device_top_k = {}, "topk", 5
+    reference = space.to_storage("topk", top_k=5)
+    ids = prompt_ids(tok, EXAMPLES[1][0])
+    q = encoder.encode(window_texts(tok, [ids[-8:], ids[-5:]]))
+    for got, want in zip(forced.shift(q, tau=0.5), reference.shift(q, tau=0.5), strict=True):
+        assert torch.equal(got, want)
+    assert forced.on("cpu")["logits"] is None and forced.storage == "fp16"  # stored rows unchanged
+    texts = generate(model, tok, [q for q, _ in EXAMPLES], [CAADLogitsProcessor(forced, tok, alpha=4.0, tau=0.5)])
+    assert texts == generate(model, tok, [q for q, _ in EXAMPLES], [CAADLogitsProcessor(reference, tok, alpha=4.0, tau=0.5)])
+    with pytest.raises(ConfigError, match="device_storage"):
+        bad = copy.copy(space)
+        bad.device_storage = "int4"
+        bad.storage_on("cuda")

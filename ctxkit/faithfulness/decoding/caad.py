@@ -91,7 +91,8 @@ class CAADLogitsProcessor:
         record_stats: Keep per-step match statistics (see :attr:`stats`).
         prefetch: Inside :meth:`prefetching`, embed each step's windows on a spare CPU core while
             the model runs its forward pass. ``None`` (auto): on when the embedder is on the CPU
-            and torch leaves a core free (``torch.get_num_threads() < os.cpu_count()``).
+            and torch leaves a core free (``torch.get_num_threads() < os.cpu_count()``); off for a
+            static window key.
     """
 
     def __init__(
@@ -122,7 +123,9 @@ class CAADLogitsProcessor:
         if isinstance(embedder, WindowEncoder):
             self.encoder = embedder
         else:
-            self.encoder = WindowEncoder(embedder or space.manifest.get("embedder", "default"))
+            self.encoder = WindowEncoder(embedder or _space_key(space))
+        space.check_embedder(self.encoder, load=False)  # the name now; the table/dimension on first use
+        self._embedder_checked = False
         self.record_stats = record_stats
         self.prefetch = prefetch
         self.tokenizer: Any = None
@@ -189,6 +192,8 @@ class CAADLogitsProcessor:
     def _prefetch_enabled(self) -> bool:
         if self.prefetch is not None:
             return bool(self.prefetch)
+        if self.encoder.is_static:  # a table lookup: nothing worth overlapping
+            return False
         torch = require("torch")
         return self.encoder.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
 
@@ -281,6 +286,9 @@ class CAADLogitsProcessor:
         return out
 
     def _embed_windows(self, windows: Sequence[Sequence[int]]) -> Any:
+        if not self._embedder_checked:
+            self.space.check_embedder(self.encoder)
+            self._embedder_checked = True
         pending, self._pending = self._pending, None
         if pending is not None:
             if [list(w) for w in windows] == pending[0]:
@@ -302,6 +310,21 @@ class CAADLogitsProcessor:
     def __repr__(self) -> str:
         return (f"CAADLogitsProcessor(entries={len(self.space)}, alpha={self.alpha}, tau={self.tau}, "
                 f"top_n={self.top_n}, window={self.window})")
+
+
+def _space_key(space: GroundingSpace) -> Any:
+    """The window embedder a space was built with, as a :class:`WindowEncoder` argument."""
+    from .static_key import StaticKeyConfig
+
+    name = space.manifest.get("embedder") or "default"
+    if name == StaticKeyConfig().name:
+        return "static"
+    if name.startswith("ctxkit-static:"):
+        raise GroundingSpaceMismatchError(
+            f"this grounding space was built with the static window key {name!r}; pass that key's folder "
+            "as embedder=... (python -m ctxkit.faithfulness.decoding.static_key prints it)"
+        )
+    return name
 
 
 CAAD = CAADLogitsProcessor

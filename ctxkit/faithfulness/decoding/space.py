@@ -6,6 +6,9 @@ sentence embedding of the text window before it (last ``window`` tokens) as a *k
 LLM's next-token logits at that position as the *value*. Values are stored as fp16 full-vocabulary
 rows or as top-k sparse rows; the space is saved with safetensors plus a JSON manifest that pins
 the tokenizer (a vocabulary fingerprint), the window and the embedder.
+
+On a GPU the dense table is not copied: a full-logit space is searched as top-k sparse rows there
+(``device_storage="auto"``; 100k entries x a 128k vocabulary is 25 GB in fp16, 100k x 64 is 13 MB).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..._lazy import require
 from ...errors import ConfigError, InputError
 from .windows import WindowEncoder, tokenizer_fingerprint, window_texts
 
-__all__ = ["FORMAT", "VERSION", "GroundingSpace", "GroundingSpaceMismatchError", "Storage"]
+__all__ = ["FORMAT", "VERSION", "DeviceStorage", "GroundingSpace", "GroundingSpaceMismatchError", "Storage"]
 
 FORMAT = "ctxkit-caad-space"
 VERSION = 1
@@ -28,6 +31,8 @@ _TENSORS = "space.safetensors"
 _MANIFEST = "manifest.json"
 
 Storage = Literal["fp16", "topk"]
+DeviceStorage = Literal["auto", "fp16", "topk"]
+_TOPK_BLOCK_ROWS = 1024  # dense rows converted to top-k at a time (bounds the float32 copy)
 
 
 class GroundingSpaceMismatchError(ConfigError):
@@ -75,6 +80,11 @@ class GroundingSpace:
         topk_values: ``(N, k)`` fp16 kept logits minus each row's k-th value (``storage="topk"``).
         token_ids: ``(N,)`` the truthful next token of each entry.
         manifest: model, tokenizer fingerprint, vocabulary width, window, embedder, storage.
+        device_storage: How a full-logit (``"fp16"``) space is held on the device it is searched
+            on: ``"auto"`` (default) keeps the top ``device_top_k`` logits of each entry on a GPU
+            (never the dense table) and the stored rows on the CPU; ``"topk"`` always, ``"fp16"``
+            never (the dense table is copied to the GPU as is). A top-k space stays top-k.
+        device_top_k: Logits kept per entry when a dense space is searched as sparse rows.
     """
 
     keys: Any
@@ -83,6 +93,8 @@ class GroundingSpace:
     topk_indices: Any = None
     topk_values: Any = None
     token_ids: Any = None
+    device_storage: DeviceStorage = "auto"
+    device_top_k: int = 64
     _device_cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # -- properties --------------------------------------------------------------------------
@@ -139,7 +151,10 @@ class GroundingSpace:
             window: Tokens of preceding text that form each key (paper: 8).
             storage: ``"fp16"`` full-vocabulary rows or ``"topk"`` sparse rows.
             top_k: Logits kept per entry with ``storage="topk"``.
-            embedder: Window embedder (``"default"``: all-MiniLM-L6-v2) or a :class:`WindowEncoder`.
+            embedder: Window key: ``"default"`` (all-MiniLM-L6-v2), ``"minilm"``, ``"static"`` (a
+                model2vec distillation of MiniLM, much cheaper per decoding step; see
+                :class:`WindowEncoder`), a model name/path or a :class:`WindowEncoder`. Recorded
+                in the manifest; a processor refuses another key.
             include_eos: Also store the step that predicts end-of-sequence after each answer.
             label_weight: Added to the stored logit of the truthful next token (0 = the paper:
                 pure model logits; > 0 also votes for the annotated token, kNN-LM style).
@@ -212,6 +227,7 @@ class GroundingSpace:
             "vocab_size": int(out.shape[-1]),
             "window": window,
             "embedder": enc.name,
+            "embedder_fingerprint": enc.fingerprint,
             "embedder_dim": int(keys.shape[1]),
             "storage": storage,
             "top_k": top_k if storage == "topk" else None,
@@ -256,6 +272,8 @@ class GroundingSpace:
         torch = require("torch")
         g = torch.Generator().manual_seed(seed)
         m = n - (len(base) if base is not None else 0)
+        if base is not None:
+            dim = int(base.keys.shape[1])  # the base's window key decides the dimension
         if m < 0:
             raise ConfigError(f"synthetic: n={n} is smaller than the base space ({len(base)})")
         keys = torch.nn.functional.normalize(torch.randn(m, dim, generator=g), dim=-1)
@@ -292,15 +310,16 @@ class GroundingSpace:
         if storage == "topk":
             if self.storage != "fp16":
                 raise ConfigError("to_storage: a top-k space cannot be re-sparsified to another k")
-            vals, idx = self.logits.float().topk(min(top_k, self.logits.shape[1]), dim=-1)
+            idx, vals = _topk_rows(self.logits, top_k)
             m = dict(self.manifest, storage="topk", top_k=top_k)
-            return GroundingSpace(self.keys, m, topk_indices=idx, topk_values=(vals - vals[:, -1:]).half(),
-                                  token_ids=self.token_ids)
+            return GroundingSpace(self.keys, m, topk_indices=idx, topk_values=vals, token_ids=self.token_ids,
+                                  device_storage=self.device_storage, device_top_k=self.device_top_k)
         if storage == "fp16":
             dense = torch.zeros((len(self), self.vocab_size), dtype=torch.float32)
             dense.scatter_(1, self.topk_indices, self.topk_values.float())
             m = dict(self.manifest, storage="fp16", top_k=None)
-            return GroundingSpace(self.keys, m, logits=dense.half(), token_ids=self.token_ids)
+            return GroundingSpace(self.keys, m, logits=dense.half(), token_ids=self.token_ids,
+                                  device_storage=self.device_storage, device_top_k=self.device_top_k)
         raise ConfigError(f"storage must be 'fp16' or 'topk', got {storage!r}")
 
     # -- persistence -------------------------------------------------------------------------
@@ -362,21 +381,71 @@ class GroundingSpace:
                 "the space with GroundingSpace.build(...) for this model"
             )
 
+    def check_embedder(self, encoder: WindowEncoder, *, load: bool = True) -> None:
+        """Raise :class:`GroundingSpaceMismatchError` unless ``encoder`` is the window key the
+        space was built with (same name, and for a static key the same table fingerprint; with
+        ``load``, also the same dimension). An encoder of unknown name (``"custom"``: a model object
+        without a name) is checked by dimension only."""
+        built = self.manifest.get("embedder")
+        if built and encoder.name != "custom" and built != "custom" and encoder.name != built:
+            raise GroundingSpaceMismatchError(
+                f"this grounding space was built with the window key {built!r}, but the processor embeds "
+                f"windows with {encoder.name!r}: keys from different embedders are not comparable. Use "
+                f"embedder={_key_hint(built)!r} (or omit embedder= to use the space's own), or rebuild the "
+                "space with GroundingSpace.build(..., embedder=...)"
+            )
+        if not load:
+            return
+        fp = self.manifest.get("embedder_fingerprint")
+        if fp and encoder.is_static and encoder.fingerprint != fp:
+            raise GroundingSpaceMismatchError(
+                f"this grounding space was built with the static window key {built!r} ({fp}), but the key "
+                f"in use has another table ({encoder.fingerprint}); rebuild the space or use the same key folder"
+            )
+        dim = self.manifest.get("embedder_dim", int(self.keys.shape[1]))
+        if encoder.dim != int(dim):
+            raise GroundingSpaceMismatchError(
+                f"this grounding space has {dim}-dimensional keys ({built!r}), but the window embedder "
+                f"{encoder.name!r} gives {encoder.dim}: rebuild the space with this embedder or use its own"
+            )
+
     # -- lookup ------------------------------------------------------------------------------
+    def storage_on(self, device: Any) -> Storage:
+        """The storage searched on ``device``: ``"topk"`` for a dense space on a GPU under
+        ``device_storage="auto"`` (see the class attributes), else as set or stored."""
+        if self.storage == "topk" or self.device_storage == "fp16":
+            return self.storage
+        if self.device_storage == "topk":
+            return "topk"
+        if self.device_storage != "auto":
+            raise ConfigError(f"device_storage must be 'auto', 'fp16' or 'topk', got {self.device_storage!r}")
+        return "fp16" if getattr(device, "type", str(device).split(":")[0]) == "cpu" else "topk"
+
     def on(self, device: Any) -> dict[str, Any]:
-        """The space's tensors on ``device`` (moved once and cached)."""
+        """The space's tensors on ``device`` (moved once and cached; see :meth:`storage_on`)."""
+        torch = require("torch")
+        device = torch.device(device)
         key = str(device)
         if key not in self._device_cache:
             self._device_cache.clear()
-            keys = self.keys.to(device, dtype=require("torch").float32)
+            keys = self.keys.to(device, dtype=torch.float32)
+            storage = self.storage_on(device)
+            if storage == "topk" and self.storage == "fp16":
+                if not isinstance(self.device_top_k, int) or self.device_top_k < 1:
+                    raise ConfigError(f"device_top_k must be an int >= 1, got {self.device_top_k!r}")
+                idx, vals = _topk_rows(self.logits, self.device_top_k, device=device)
+            else:
+                idx = None if self.topk_indices is None else self.topk_indices.to(device)
+                vals = None if self.topk_values is None else self.topk_values.to(device)
             self._device_cache[key] = {
+                "storage": storage,
                 "keys": keys,
                 # (dim, N) contiguous: a (B, dim) @ (dim, N) product streams the keys once, row-major
                 # (measured 2-4x faster on CPU than multiplying by the transposed view)
                 "keys_t": keys.T.contiguous(),
-                "logits": None if self.logits is None else self.logits.to(device),
-                "idx": None if self.topk_indices is None else self.topk_indices.to(device),
-                "vals": None if self.topk_values is None else self.topk_values.to(device),
+                "logits": self.logits.to(device) if storage == "fp16" else None,
+                "idx": idx,
+                "vals": vals,
             }
         return self._device_cache[key]
 
@@ -413,7 +482,7 @@ class GroundingSpace:
         if cols.numel() == 0:
             return z, matched, mean_sim
         wn = w[:, cols] / total.clamp_min(1e-12)  # (B, m) normalised weights
-        if self.storage == "topk":
+        if t["storage"] == "topk":
             idx, vals = t["idx"][cols], t["vals"][cols].float()  # (m, k)
             contrib = wn[:, :, None] * vals[None]  # (B, m, k)
             z.scatter_add_(1, idx.reshape(1, -1).expand(b, -1), contrib.reshape(b, -1))
@@ -422,3 +491,31 @@ class GroundingSpace:
                 c = cols[s : s + chunk]
                 z += wn[:, s : s + chunk] @ t["logits"][c].float()
         return z, matched, mean_sim
+
+
+def _key_hint(name: str) -> str:
+    """The ``embedder=`` value that selects the key recorded as ``name``."""
+    if name.startswith("ctxkit-static:"):
+        from .static_key import StaticKeyConfig
+
+        return "static" if name == StaticKeyConfig().name else name
+    return "minilm" if name == "sentence-transformers/all-MiniLM-L6-v2" else name
+
+
+def _topk_rows(logits: Any, k: int, *, device: Any = None) -> tuple[Any, Any]:
+    """Top-``k`` ``(indices, values - kth value)`` of each dense row, in blocks of rows.
+
+    Blocks are moved to ``device`` (default: where ``logits`` are) before the float32 top-k, so a
+    dense table on the CPU never needs a full float32 copy nor a full copy on the GPU.
+    """
+    torch = require("torch")
+    k = min(k, int(logits.shape[1]))
+    dev = logits.device if device is None else torch.device(device)
+    idx_parts, val_parts = [], []
+    for s in range(0, int(logits.shape[0]), _TOPK_BLOCK_ROWS):
+        vals, idx = logits[s : s + _TOPK_BLOCK_ROWS].to(dev).float().topk(k, dim=-1)
+        idx_parts.append(idx)
+        val_parts.append((vals - vals[:, -1:]).half())
+    if not idx_parts:
+        return (torch.zeros((0, k), dtype=torch.long, device=dev), torch.zeros((0, k), dtype=torch.float16, device=dev))
+    return torch.cat(idx_parts), torch.cat(val_parts)

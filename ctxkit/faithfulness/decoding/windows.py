@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..._lazy import require
 from ...errors import ConfigError
 
-__all__ = ["WindowEncoder", "tokenizer_fingerprint", "window_texts"]
+__all__ = ["DEFAULT_WINDOW_KEY", "MINILM", "WindowEncoder", "tokenizer_fingerprint", "window_texts"]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -33,6 +34,16 @@ def window_texts(tokenizer: Any, windows: Sequence[Sequence[int]]) -> list[str]:
 
 
 # -- window embedding ----------------------------------------------------------------------------
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", MINILM)
+DEFAULT_WINDOW_KEY = "minilm"
+"""What ``embedder="default"`` means for CAAD window keys: ``"minilm"`` (all-MiniLM-L6-v2) or
+``"static"`` (its model2vec distillation, see :mod:`.static_key`). MiniLM stays the default: on
+150 TruthfulQA questions the static key matched its MC1 but was 1.8 MC2 points lower (1.75 bootstrap
+std of the paired difference; ``benchmarks/README.md``, *Window keys*), and a static default would
+make a first CAAD run need ``ctxkit[caad-static]`` and a few minutes of distillation."""
+
+
 class WindowEncoder:
     """Embeds token windows with a sentence-transformers model through a low-overhead path.
 
@@ -41,25 +52,68 @@ class WindowEncoder:
     ``torch.inference_mode`` and returns L2-normalised float32 embeddings on the model's device.
 
     Args:
-        embedder: ``"default"`` (all-MiniLM-L6-v2), a model name/path, or a
-            :class:`ctxkit.models.Embedder`.
-        device: Device for a model loaded here (``"auto"``, ``"cpu"``, ``"cuda"``...).
+        embedder: ``"default"`` (see :data:`DEFAULT_WINDOW_KEY`), ``"minilm"`` (all-MiniLM-L6-v2),
+            ``"static"`` (the model2vec static key distilled from the packaged MiniLM, built into
+            the ctxkit cache on first use; needs ``pip install 'ctxkit[caad-static]'`` for that
+            build), a :class:`~.static_key.StaticKeyConfig`, a model name/path (a static key
+            folder is recognised by its ``ctxkit_window_key.json``), or a
+            :class:`ctxkit.models.Embedder` / ``SentenceTransformer``.
+        device: Device for a model loaded here (``"auto"``, ``"cpu"``, ``"cuda"``...). A static
+            key always runs on the CPU (a table lookup; the keys move to the scores' device).
         max_length: Token cap of the embedder's input (windows are short).
+
+    Attributes:
+        name: The key's name, recorded in a grounding space's manifest (``embedder``).
+        fingerprint: For a static key, a hash of its table (recorded as ``embedder_fingerprint``);
+            ``None`` for a transformer embedder (its name identifies it).
     """
 
     def __init__(self, embedder: Any = "default", *, device: str = "auto", max_length: int = 64) -> None:
+        from .static_key import STATIC_KEY_NAMES, StaticKeyConfig, read_key_file
+
+        if embedder == "default":
+            embedder = DEFAULT_WINDOW_KEY
+        self._static_cfg: StaticKeyConfig | None = None
+        self._key_meta: dict[str, Any] | None = None
+        if isinstance(embedder, StaticKeyConfig) or embedder in STATIC_KEY_NAMES:
+            self._static_cfg = embedder if isinstance(embedder, StaticKeyConfig) else StaticKeyConfig()
+            device = "cpu"
+        elif isinstance(embedder, str | Path) and Path(embedder).is_dir():
+            self._key_meta = read_key_file(embedder)
+            if self._key_meta is not None:
+                embedder, device = str(embedder), "cpu"
         self._embedder = embedder
         self.device_setting = device
         self.max_length = max_length
         self._st: Any = None
-        self.name = embedder if isinstance(embedder, str) else getattr(embedder, "model_name", "custom")
-        if self.name in ("default", "minilm", "all-MiniLM-L6-v2"):
-            self.name = "sentence-transformers/all-MiniLM-L6-v2"
+        if self._static_cfg is not None:
+            self.name = self._static_cfg.name
+        elif self._key_meta is not None:
+            self.name = str(self._key_meta["name"])
+        else:
+            self.name = embedder if isinstance(embedder, str) else getattr(embedder, "model_name", "custom")
+            if self.name in ("default", *MINILM_NAMES):
+                self.name = MINILM
+
+    @property
+    def is_static(self) -> bool:
+        """A static (lookup-table) key rather than a transformer."""
+        return self._static_cfg is not None or self._key_meta is not None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Hash of a static key's table (loads the key's description); ``None`` otherwise."""
+        if self._static_cfg is not None and self._key_meta is None:
+            _ = self.model
+        return None if self._key_meta is None else self._key_meta.get("fingerprint")
 
     @property
     def model(self) -> Any:
         """The loaded ``SentenceTransformer``."""
         if self._st is None:
+            if self.is_static:
+                self._st = self._load_static()
+                return self._st
             from ...models import get_embedder
 
             emb = self._embedder
@@ -70,6 +124,16 @@ class WindowEncoder:
                 raise ConfigError(f"WindowEncoder: {self._embedder!r} is not a sentence-transformers model")
             self._st = st
         return self._st
+
+    def _load_static(self) -> Any:
+        from .static_key import read_key_file, static_key_path
+
+        path = static_key_path(self._static_cfg) if self._static_cfg is not None else Path(self._embedder)
+        self._key_meta = read_key_file(path)
+        if self._key_meta is None:
+            raise ConfigError(f"WindowEncoder: {str(path)!r} is not a ctxkit static window key")
+        st = require("sentence_transformers").SentenceTransformer(str(path), device="cpu")
+        return st.eval()
 
     @property
     def device(self) -> Any:
@@ -99,8 +163,13 @@ class WindowEncoder:
         with torch.inference_mode():
             for s in starts:
                 feats = prep(texts[s : s + batch_size])
-                feats = {k: (v[:, : self.max_length].to(st.device) if torch.is_tensor(v) else v)
+                # (B, T) inputs are capped at max_length; a static key's flat ids + offsets are not
+                feats = {k: (v[:, : self.max_length] if torch.is_tensor(v) and v.ndim == 2 else v)
                          for k, v in feats.items()}
+                feats = {k: (v.to(st.device) if torch.is_tensor(v) else v) for k, v in feats.items()}
                 emb = st(feats)["sentence_embedding"].float()
                 outs.append(torch.nn.functional.normalize(emb, dim=-1))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def __repr__(self) -> str:
+        return f"WindowEncoder({self.name!r})"
