@@ -19,7 +19,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", action="append", default=[], help="a text file used as context (repeatable)")
     p.add_argument("--chunk-words", type=int, default=30, help="greedy chunk size in words (0: one sentence per chunk)")
     p.add_argument("--top-k", type=int, default=5, help="conflicts kept per belief")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda...")
     p.add_argument("--json", action="store_true", help="print JSON records")
     p.add_argument("--demo", action="store_true", help="run the built-in offline demo")
     p.set_defaults(func=_run)

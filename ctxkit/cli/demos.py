@@ -69,16 +69,16 @@ _DEMO_PASSAGES = [
 ]
 
 
-def demo_poisoned_retrieval(action: str = "remove", verbose: bool = True) -> ContextState:
+def demo_poisoned_retrieval(action: str = "annotate", verbose: bool = True) -> ContextState:
     """Show the steering stage catching poisoned passages among retrieved ones (offline).
 
     Builds a small retrieved list about the Eiffel Tower with two planted passages that restate
     the question with a false answer (PoisonedRAG style), runs :class:`SteeringFilter` with the
-    shipped detector head and prints each passage with its probability and whether it was
+    default composite detector and prints each passage with its probability and whether it was
     flagged.
 
     Args:
-        action: The stage's action (``"remove"``, ``"demote"``, ``"annotate"``).
+        action: The stage's action (``"annotate"``, the default, ``"demote"`` or ``"remove"``).
         verbose: Print the table.
 
     Returns:

@@ -33,15 +33,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--n-items", type=int, default=20, help="items per context list (default 20)")
     p.add_argument("--ratios", default=None, help="comma-separated ratios (default 0,0.05,...,0.95)")
     p.add_argument("--n-queries", type=int, default=None, help="queries sampled per category (default all)")
-    p.add_argument("--categories", nargs="*", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--categories", nargs="*", default=None,
+                   help="pool categories to use, e.g. fakenews privacy (default: every pool found)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
     p.add_argument("--source-tags", action="store_true", help="prefix items with source tags")
     p.set_defaults(func=_testbed)
 
     p = sub.add_parser("rw-fit", help="fit the Rescorla-Wagner model to incorporation curves")
     p.add_argument("curves", help="JSON with 'ratio' and 'consistency'/'cleanliness' (or 'appropriate'/"
                    "'inappropriate') lists, or the summary written by rw-susceptibility")
-    p.add_argument("--n-items", type=int, default=20)
+    p.add_argument("--n-items", type=int, default=20, help="items per context list of the curves (default 20)")
     p.add_argument("--no-mapping", action="store_true", help="compare the RW readout directly (no affine map)")
     p.add_argument("--plot", default=None, help="PNG of observed vs fitted curves")
     p.add_argument("--out", default=None, help="fit result JSON")
@@ -50,41 +51,46 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("rw-susceptibility", help="answer a testbed with a model, judge answers, fit RW")
     p.add_argument("--testbed", required=True, help="JSONL from rw-testbed")
     p.add_argument("--model", default="default", help="generator model (transformers name/path)")
-    p.add_argument("--judge", choices=["embedding", "llm"], default="embedding")
+    p.add_argument("--judge", choices=["embedding", "llm"], default="embedding",
+                   help="how answers are judged: embedding similarity (default) or an LLM judge")
     p.add_argument("--judge-model", default=None, help="model of the LLM judge (default: --model)")
     p.add_argument("--limit", type=int, default=None, help="use the first N items only")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length in tokens (default 64)")
+    p.add_argument("--batch-size", type=int, default=8, help="conversations per generator call (default 8)")
     p.add_argument("--out", default="susceptibility.json", help="summary + RW fit JSON")
     p.add_argument("--records", default=None, help="per-answer JSONL")
     p.add_argument("--plot", default=None, help="PNG of the RW fit")
     p.set_defaults(func=_susceptibility)
 
     p = sub.add_parser("rw-detect", help="score testbed items with an inappropriate-item detector")
-    p.add_argument("--testbed", required=True)
-    p.add_argument("--detector", default="default", help="'default', a head JSON path, or llm:<model>")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--testbed", required=True, help="JSONL from rw-testbed")
+    p.add_argument("--detector", default="default",
+                   help="'default' (composite), 'set' (older set detector), a head JSON path, or llm:<model>")
+    p.add_argument("--limit", type=int, default=None, help="use the first N items only")
     p.add_argument("--out", default=None, help="metrics JSON")
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("steer-train", help="two-stage RW-Steering fine-tuning (transformers Trainer)")
     p.add_argument("--testbed", required=True, help="training JSONL from rw-testbed")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--model", default="default")
+    p.add_argument("--output-dir", required=True, help="folder for checkpoints and the final model")
+    p.add_argument("--model", default="default", help="base model (local dir or hub id; default: the offline SmolLM2-135M)")
     p.add_argument("--low-max-ratio", type=float, default=0.3, help="stage 2 uses 0 < ratio <= this")
-    p.add_argument("--stage1-epochs", type=float, default=1.0)
-    p.add_argument("--stage2-epochs", type=float, default=1.0)
-    p.add_argument("--max-steps-stage1", type=int, default=-1)
-    p.add_argument("--max-steps-stage2", type=int, default=-1)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--save-steps", type=int, default=50)
+    p.add_argument("--stage1-epochs", type=float, default=1.0, help="epochs of stage 1, all ratios (default 1)")
+    p.add_argument("--stage2-epochs", type=float, default=1.0,
+                   help="epochs of stage 2, low ratios (default 1; 0 skips stage 2)")
+    p.add_argument("--max-steps-stage1", type=int, default=-1, help="step cap of stage 1 (default -1: from the epochs)")
+    p.add_argument("--max-steps-stage2", type=int, default=-1, help="step cap of stage 2 (default -1: from the epochs)")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5; stage 2 uses half)")
+    p.add_argument("--batch-size", type=int, default=4, help="per-device batch size (default 4)")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="examples longer than this many tokens are dropped (default 1024)")
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stopped run resumes; default 50)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft)")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (with --lora; default 16)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda...")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 mixed precision (weights, gradients and optimizer state stay float32)")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.set_defaults(func=_steer_train)
 
@@ -182,9 +188,17 @@ def _detect(args: argparse.Namespace) -> int:
 
     items = load_jsonl(args.testbed)[: args.limit]
     if args.detector == "default":
-        det: Any = default_detector()
+        from ctxkit.faithfulness.steering.composite import CompositeDetector
+
+        det: Any = CompositeDetector("default")
+    elif args.detector == "set":
+        det = default_detector()
     elif args.detector.startswith("llm:"):
         det = LLMDetector(args.detector[4:])
+    elif Path(args.detector).is_file() and "ctxkit.composite_head/1" in Path(args.detector).read_text(encoding="utf-8"):
+        from ctxkit.faithfulness.steering.composite import CompositeDetector
+
+        det = CompositeDetector(args.detector)
     else:
         det = SetDetector.load(args.detector)
     probs = det.score([it.question for it in items], [[x.text for x in it.items] for it in items])
