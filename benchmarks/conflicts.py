@@ -1,395 +1,346 @@
-"""Conflict localisation without an LLM on SQuAD-KRE / MuSiQue-KRE.
+"""Conflict detection and localisation through the public API, on frozen dev / test splits.
 
-For each pair (same ``id`` in the golden and negative files) the belief is "question + golden
-answer" and the retrieved text is the negative context, where one fact was substituted. The
-*target* is the negative-context sentence(s) containing the substituted answer (the negative
-file's ``answer``). Pairs where no sentence contains it are counted (``no_target``) and excluded.
+**Detection** (what a user needs first: does this passage conflict with what I believe?). Each
+item is one (belief, passage) pair scored by ``ConflictDetector().passage_scores`` and flagged
+by ``ConflictDetector().detect_batch`` (a passage is flagged when it gets a conflict record),
+with the library's default settings:
 
-Metrics (test split = every pair after the first ``--dev`` ids of each set, in file order):
+* ``squad`` / ``musique`` (SQuAD-KRE / MuSiQue-KRE): belief "question + golden answer"; the
+  golden context supports it, the negative context (one fact substituted) conflicts.
+* ``faitheval`` (FaithEval counterfactual): each context states an answer that contradicts
+  common knowledge; the belief "question + that answer" is supported, the belief "question +
+  another choice" (seeded by id) is contradicted by the same context.
+* ``poisonedrag`` (PoisonedRAG, NQ + HotpotQA + MS MARCO; our second dev set, from another
+  source: LLM-fabricated passages backing a false answer): belief "question + correct answer"
+  against an adversarial text conflicts; "question + the incorrect answer it backs" is supported.
 
-* ``recall@1`` / ``recall@5``: a target sentence is among the top 1 / 5 of the ranking.
-* ``flag_precision``: flags on target sentences / all flags raised, where flags are counted on
-  the negative context *and* on the golden context of the same pair (which has no conflict, so
-  every flag there is false).
-* ``flag_recall``: pairs whose target sentence is flagged / pairs with a target.
-* ``baseline_cosine``: plain cosine ranking of sentences against the belief text with
-  all-MiniLM-L6-v2 (recall@1 / recall@5).
+Each supporting item's belief is also read against the supporting passage of another id of the
+same set (off-topic, as most of a retrieved list is), which must not be flagged either.
 
-Flags: the detector flags a sentence when its mismatch >= threshold, its relevance >=
-min_relevance and no sentence stating the believed value is more on topic. The pair-level flag
-is the best-ranked flagged sentence (as ``detect(top_k=1)`` returns it): a true positive when
-it is a target sentence; a false positive when it is another sentence or when anything is
-flagged in the golden context.
+Metrics per set: ``auc`` (conflict vs supporting items by passage score), ``recall`` (conflicts
+flagged), ``false_flag_rate`` (supporting items flagged), ``balanced_accuracy``,
+``unrelated_flag_rate`` (off-topic items flagged).
 
-Ranking features (see ``ctxkit.faithfulness.conflicts``): relevance ``alpha * cosine(question,
-sentence) + (1 - alpha) * question-word overlap``, the typed value ``mismatch``, and the extra
-features of ``DEFAULT_WEIGHTS`` (idf-weighted question-word overlap, the neighbours' overlap,
-cosine of the sentence with the believed answer, partial answer words, "states the believed
-value"). With ``--tune`` the weights are fitted on the dev split of *both* sets together (the
-first ``--dev`` ids of each set) by a conditional logit (softmax over the sentences of a
-context, L2-regularised, a grid over ``alpha``); the test split reports both the library
-defaults and the freshly fitted weights, plus a feature ablation (each feature dropped and the
-rest refitted on dev). The library defaults are the weights fitted this way.
+**Localisation** (``squad``, ``musique``): the sentences of the negative context ranked by
+``ConflictDetector().rank``; ``recall@1`` / ``recall@5`` of a sentence holding the substituted
+answer (pairs without such a sentence are left out).
 
-Embeddings are cached on disk with ``--cache DIR`` (pickled shards keyed by text), so a rerun
-costs only the feature computation.
+Splits are frozen (:func:`ctxkit.faithfulness.judge.sources.split_of`: 25% ``dev_train``, 25%
+``dev``, 50% ``test``). Without flags the script reports the ``test`` split with the shipped
+defaults; choices are made on ``--split dev`` only, and ``--misses N`` (dev only) stores missed
+items for audits. ``--baseline`` adds the span heuristics without the judge (``judge=None``).
 
 Usage:
-    python benchmarks/conflicts.py --out results.json [--data ../shared/data/faithfulrag]
-        [--dev 300] [--tune] [--cache /tmp/ctxkit_conflicts_cache] [--misses 40] [--speed 128]
+    python benchmarks/conflicts.py --out results.json [--split test|dev] [--data DIR]
+        [--limit N] [--baseline] [--misses 40] [--speed 256] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import hashlib
 import json
-import os
-import pickle
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from _common import data_missing, data_path, machine, write_json
-from tqdm import tqdm
 
-from ctxkit.faithfulness.conflicts import DEFAULT_WEIGHTS, Belief, ConflictDetector
-from ctxkit.faithfulness.conflicts.text import _norm
+from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
+from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES
 from ctxkit.faithfulness.faithfulrag import clean_field
+from ctxkit.faithfulness.judge.data import states
+from ctxkit.faithfulness.judge.sources import poisonedrag_items, split_of
 from ctxkit.retrievers import split_sentences
+from ctxkit.types import Passage
 
-EXTRA = list(DEFAULT_WEIGHTS)
-BASE = ["sim", "lex", "mismatch"]
-
-
-def load_pairs(data: Path, name: str) -> list[dict]:
-    gold = json.loads((data / f"{name}_kre_golden.json").read_text())
-    neg = {clean_field(r["id"]): r for r in json.loads((data / f"{name}_kre_negative.json").read_text())}
-    pairs = []
-    for g in gold:
-        gid = clean_field(g["id"])
-        n = neg.get(gid)
-        if n is None:
-            continue
-        pairs.append(
-            {
-                "id": gid,
-                "question": clean_field(g["question"]),
-                "gold_answer": clean_field(g["answer"]),
-                "neg_answer": clean_field(n["answer"]),
-                "gold_context": clean_field(g["context"]),
-                "neg_context": clean_field(n["context"]),
-            }
-        )
-    return pairs
+SETS = ("squad", "musique", "faitheval", "poisonedrag")
 
 
-def targets(sentences: list[str], answer: str) -> set[int]:
-    a = f" {_norm(answer)} "
-    if not a.strip():
-        return set()
-    return {i for i, s in enumerate(sentences) if a in f" {_norm(s)} "}
+def _seeded(key: str, n: int) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % n
 
 
-class CachedEmbedder:
-    """Benchmark-only memo around the embedder, optionally persisted as shards in ``cache``."""
+def load_items(data: Path, name: str, split: str, limit: int | None) -> list[dict]:
+    """Detection items of one set: ``{id, belief, text, conflict}`` (and, for KRE sets, the
+    substituted answer for localisation)."""
+    items: list[dict] = []
+    fr = data / "faithfulrag"
+    if name in ("squad", "musique"):
+        gold = json.loads((fr / f"{name}_kre_golden.json").read_text())
+        neg = {clean_field(r["id"]): r for r in json.loads((fr / f"{name}_kre_negative.json").read_text())}
+        for g in gold:
+            gid = clean_field(g["id"])
+            if gid not in neg or split_of(name, gid) != split:
+                continue
+            belief = Belief.from_answer(clean_field(g["question"]), clean_field(g["answer"]))
+            items.append({"id": gid, "belief": belief, "text": clean_field(g["context"]), "conflict": False})
+            items.append({"id": gid, "belief": belief, "text": clean_field(neg[gid]["context"]), "conflict": True,
+                          "substitute": clean_field(neg[gid]["answer"])})
+    elif name == "faitheval":
+        for r in json.loads((fr / "faitheval_counterfactual.json").read_text()):
+            rid = clean_field(str(r["id"]))
+            if split_of("faitheval", rid) != split:
+                continue
+            q, a = clean_field(r["question"]), clean_field(r["answer"])
+            others = [clean_field(c) for c in r["choices"] if clean_field(c) != a]
+            if not others:
+                continue
+            wrong = others[_seeded(rid, len(others))]
+            ctx = clean_field(r["context"])
+            items.append({"id": rid, "belief": Belief.from_answer(q, a), "text": ctx, "conflict": False})
+            items.append({"id": rid, "belief": Belief.from_answer(q, wrong), "text": ctx, "conflict": True})
+    elif name == "poisonedrag":
+        for src in ("nq", "hotpotqa", "msmarco"):
+            path = data / "poisonedrag" / f"{src}_adv_targeted.json"
+            if not path.is_file():
+                continue
+            for it in poisonedrag_items(path):
+                iid = f"{src}:{it['id']}"
+                if split_of("poisonedrag", iid) != split:
+                    continue
+                k = _seeded(iid, len(it["texts"]))  # one text per question, seeded
+                text = it["texts"][k]
+                items.append({"id": iid, "belief": Belief.from_answer(it["question"], it["correct"]), "text": text,
+                              "conflict": True})
+                items.append({"id": iid, "belief": Belief.from_answer(it["question"], it["incorrect"]),
+                              "text": it["texts"][(k + 1) % len(it["texts"])], "conflict": False})
+    if limit:
+        ids = list(dict.fromkeys(i["id"] for i in items))[:limit]
+        keep = set(ids)
+        items = [i for i in items if i["id"] in keep]
+    for it in items:
+        it["kind"] = "conflict" if it["conflict"] else "support"
+    return items + unrelated_items(items)
 
-    def __init__(self, inner, cache: str | None = None) -> None:
-        self.inner = inner
-        self.cache = cache
-        self.memo: dict[str, np.ndarray] = {}
-        self.fresh: dict[str, np.ndarray] = {}
-        if cache:
-            os.makedirs(cache, exist_ok=True)
-            for f in sorted(glob.glob(os.path.join(cache, "emb_shard_*.pkl"))):
-                with open(f, "rb") as fh:
-                    self.memo.update(pickle.load(fh))
 
-    def encode(self, texts: list[str], batch_size: int | None = None, **kw) -> np.ndarray:
-        todo = list(dict.fromkeys(t for t in texts if t not in self.memo))
+def unrelated_items(items: list[dict]) -> list[dict]:
+    """Off-topic passages, which a retrieved list always holds: each supporting item's belief
+    against the supporting passage of the next id of the same set (never flagged by design)."""
+    support = [it for it in items if it["kind"] == "support"]
+    return [{"id": f"{it['id']}~{nxt['id']}", "belief": it["belief"], "text": nxt["text"], "conflict": False,
+             "kind": "unrelated"}
+            for it, nxt in zip(support, support[1:] + support[:1]) if nxt["id"] != it["id"]]
+
+
+class CachedJudge:
+    """The packaged judge with an in-process cache of its pair outputs: the benchmark reads each
+    item three times (passage scores, flags, localisation), the judge computes each pair once.
+    Same model, calibration and outputs as ``ConflictDetector()``'s default."""
+
+    def __init__(self, judge: str = "default", device: str = "auto") -> None:
+        from ctxkit.faithfulness.judge import ClaimJudge
+
+        self.judge = ClaimJudge(judge, device=device)
+        self.config = self.judge.config
+        self.cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def predict(self, beliefs: list[str], texts: list[str]) -> np.ndarray:
+        pairs = list(zip(beliefs, texts, strict=True))
+        todo = list(dict.fromkeys(p for p in pairs if p not in self.cache))
         if todo:
-            vecs = np.asarray(self.inner.encode(todo, batch_size=batch_size or 128), dtype=np.float32)
-            self.memo.update(zip(todo, vecs, strict=True))
-            self.fresh.update(zip(todo, vecs, strict=True))
-            if len(self.fresh) >= 4096:
-                self.flush()
-        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
-
-    def flush(self) -> None:
-        if self.cache and self.fresh:
-            k = len(glob.glob(os.path.join(self.cache, "emb_shard_*.pkl")))
-            path = os.path.join(self.cache, f"emb_shard_{k:04d}_{os.getpid()}.pkl")
-            with open(path + ".tmp", "wb") as fh:
-                pickle.dump(self.fresh, fh, protocol=5)
-            os.replace(path + ".tmp", path)
-        self.fresh = {}
+            probs = self.judge.predict([b for b, _ in todo], [t for _, t in todo])
+            self.cache.update(zip(todo, probs, strict=True))
+        return np.stack([self.cache[p] for p in pairs]) if pairs else np.zeros((0, 3))
 
 
-def _matrix(cands, n: int) -> dict:
-    """Per-sentence feature matrix (sentence order) and flags of one context's candidates."""
-    cols = BASE + EXTRA
-    x = np.zeros((n, len(cols)), np.float32)
-    flagged = np.zeros(n, bool)
-    for c in cands:
-        f = {"sim": c.similarity, "lex": c.info["lex"], "mismatch": c.mismatch, **c.info["features"]}
-        x[c.chunk] = [f[k] for k in cols]
-        flagged[c.chunk] = c.flagged
-    return {"x": x, "flagged": flagged}
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a conflicting item scores above a supporting one (ties count half)."""
+    if not len(pos) or not len(neg):
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    ranks = allv.argsort().argsort().astype(float) + 1
+    for v in np.unique(allv):  # average ranks of ties
+        m = allv == v
+        ranks[m] = ranks[m].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def scores(x: np.ndarray, p: dict) -> np.ndarray:
-    a = p["alpha"]
-    s = a * x[:, 0] + (1 - a) * x[:, 1] + p["mismatch_weight"] * x[:, 2]
-    for j, f in enumerate(EXTRA):
-        s = s + p["weights"].get(f, 0.0) * x[:, 3 + j]
-    return s
-
-
-def evaluate(rows: list[dict], p: dict) -> dict:
-    """Ranking recall and flag precision/recall; the flag of a pair is the detector's top-1
-    flagged sentence (``detect(top_k=1)``); ``*_all`` counts every flagged sentence."""
-    r1 = r5 = tp = fp = n = 0
-    tp_all = fp_all = 0
-    neg_flagged = gold_flagged = 0
-    for row in rows:
-        if not row["targets"]:
-            continue
-        n += 1
-        order = [int(i) for i in np.argsort(-scores(row["neg"]["x"], p), kind="stable")]
-        r1 += order[0] in row["targets"]
-        r5 += bool(set(order[:5]) & row["targets"])
-        flagged = {int(i) for i in np.flatnonzero(row["neg"]["flagged"])}
-        top_flag = next((ci for ci in order if ci in flagged), None)
-        if top_flag is not None:
-            tp += top_flag in row["targets"]
-            fp += top_flag not in row["targets"]
-        tp_all += bool(flagged & row["targets"])
-        fp_all += len(flagged - row["targets"])
-        neg_flagged += bool(flagged)
-        g = int(row["gold"]["flagged"].sum())
-        fp += bool(g)
-        fp_all += g
-        gold_flagged += bool(g)
-    n_flags = tp + fp
-    return {
-        "n": n,
-        "recall@1": round(r1 / max(n, 1), 4),
-        "recall@5": round(r5 / max(n, 1), 4),
-        "flag_precision": round(tp / n_flags, 4) if n_flags else 0.0,
-        "flag_recall": round(tp / max(n, 1), 4),
-        "flag_precision_all": round(tp_all / (tp_all + fp_all), 4) if tp_all + fp_all else 0.0,
-        "flag_recall_all": round(tp_all / max(n, 1), 4),
-        "pairs_flagged_negative": round(neg_flagged / max(n, 1), 4),
-        "pairs_flagged_golden": round(gold_flagged / max(n, 1), 4),
+def detection(items: list[dict], det: ConflictDetector) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Scores and flags of every item through the public API, and the set's metrics."""
+    beliefs = [[it["belief"]] for it in items]
+    passages = [[Passage(id=f"p{i}", text=it["text"])] for i, it in enumerate(items)]
+    scores = np.array([s[0] for s in det.passage_scores(beliefs, passages)])
+    flags = np.array([bool(r) for r in det.detect_batch(beliefs, passages)])
+    kind = np.array([it["kind"] for it in items])
+    y, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
+    recall = float(flags[y].mean()) if y.any() else float("nan")
+    ffr = float(flags[sup].mean()) if sup.any() else float("nan")
+    res = {
+        "auc": round(auc(scores[y], scores[sup]), 4),
+        "balanced_accuracy": round((recall + 1 - ffr) / 2, 4),
+        "false_flag_rate": round(ffr, 4),
+        "recall": round(recall, 4),
+        "unrelated_flag_rate": round(float(flags[unr].mean()), 4) if unr.any() else float("nan"),
+        "n_conflict": int(y.sum()),
+        "n_support": int(sup.sum()),
+        "n_unrelated": int(unr.sum()),
     }
+    return res, scores, flags
 
 
-def fit(rows: list[dict], alpha: float, feats: list[str], l2: float = 1e-3) -> dict:
-    """Conditional logit on dev: softmax over a context's sentences, all targets count as one
-    outcome; parameters = weight of relevance (then divided out), mismatch and ``feats``."""
-    from scipy.optimize import minimize
-
-    rows = [r for r in rows if r["targets"]]
-    cmax = max(len(r["neg"]["x"]) for r in rows)
-    cols = ["mismatch", *feats]
-    ci = [2 + (0 if f == "mismatch" else 1 + EXTRA.index(f)) for f in cols]
-    X = np.zeros((len(rows), cmax, 1 + len(cols)))
-    mask = np.zeros((len(rows), cmax), bool)
-    tgt = np.zeros((len(rows), cmax), bool)
-    for i, r in enumerate(rows):
-        x = r["neg"]["x"]
-        X[i, : len(x), 0] = alpha * x[:, 0] + (1 - alpha) * x[:, 1]
-        X[i, : len(x), 1:] = x[:, ci]
-        mask[i, : len(x)] = True
-        tgt[i, list(r["targets"])] = True
-
-    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        s = np.where(mask, X @ theta, -np.inf)
-        s = s - s.max(1, keepdims=True)
-        e = np.exp(s)
-        p = e / e.sum(1, keepdims=True)
-        pt = (p * tgt).sum(1)
-        loss = -np.log(pt + 1e-12).mean() + l2 * theta @ theta
-        q = p * tgt / (pt[:, None] + 1e-12)  # posterior over the targets
-        grad = ((p - q)[:, :, None] * np.where(mask[:, :, None], X, 0.0)).sum(1).mean(0) + 2 * l2 * theta
-        return float(loss), grad
-
-    theta0 = np.zeros(1 + len(cols))
-    theta0[0] = 1.0
-    res = minimize(nll, theta0, jac=True, method="L-BFGS-B")
-    th = res.x
-    scale = th[0] if th[0] > 1e-6 else 1.0
-    w = {f: round(float(v / scale), 4) for f, v in zip(cols, th[1:], strict=True)}
-    return {
-        "alpha": alpha,
-        "mismatch_weight": w.pop("mismatch"),
-        "weights": {f: w.get(f, 0.0) for f in EXTRA},
-        "dev_nll": round(float(res.fun), 4),
-    }
+def localisation(items: list[dict], det: ConflictDetector) -> dict:
+    """recall@1 / @5 of a sentence holding the substituted answer among the negative context's
+    sentences ranked by the detector."""
+    rows = [it for it in items if it.get("substitute")]
+    sents = [split_sentences(it["text"]) for it in rows]
+    tgts = [{i for i, s in enumerate(ss) if states(s, it["substitute"])} for it, ss in zip(rows, sents, strict=True)]
+    keep = [i for i, t in enumerate(tgts) if t]
+    ranked = det.rank([[rows[i]["belief"]] for i in keep], [sents[i] for i in keep])
+    hits1 = hits5 = 0
+    for i, cands in zip(keep, ranked, strict=True):
+        order = [c.chunk for c in cands]
+        hits1 += order[0] in tgts[i]
+        hits5 += bool(set(order[:5]) & tgts[i])
+    n = max(1, len(keep))
+    return {"recall@1": round(hits1 / n, 4), "recall@5": round(hits5 / n, 4), "pairs": len(keep),
+            "no_target": len(rows) - len(keep)}
 
 
-def tune(dev: list[dict], feats: list[str]) -> dict:
-    """Best of an alpha grid by dev recall@1 (ties: lower dev loss) with weights fitted per alpha."""
-    best = None
-    for a in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        p = fit(dev, a, feats)
-        r1 = evaluate(dev, p)["recall@1"]
-        key = (r1, -p["dev_nll"])
-        if best is None or key > best[0]:
-            best = (key, p)
-    return best[1]
-
-
-def baseline(rows: list[dict], emb) -> dict:
-    r1 = r5 = n = 0
-    for i in tqdm(range(0, len(rows), 64), desc="baseline", leave=False):
-        batch = [r for r in rows[i : i + 64] if r["targets"]]
-        if not batch:
-            continue
-        texts = [f"{r['question']} {r['gold_answer']}" for r in batch]
-        sents = [s for r in batch for s in r["neg_sents"]]
-        e = emb.encode(texts + sents, batch_size=128)
-        bv, sv = e[: len(texts)], e[len(texts) :]
-        off = 0
-        for j, r in enumerate(batch):
-            k = len(r["neg_sents"])
-            sims = sv[off : off + k] @ bv[j]
-            off += k
-            order = list(np.argsort(-sims))
-            n += 1
-            r1 += int(order[0]) in r["targets"]
-            r5 += bool({int(x) for x in order[:5]} & r["targets"])
-    return {"recall@1": round(r1 / max(n, 1), 4), "recall@5": round(r5 / max(n, 1), 4), "n": n}
-
-
-def featurise(rows: list[dict], det: ConflictDetector, name: str) -> None:
-    for i in tqdm(range(0, len(rows), 64), desc=f"{name} detector"):
-        batch = rows[i : i + 64]
-        beliefs = [[Belief.from_answer(r["question"], r["gold_answer"])] for r in batch]
-        both = det.rank(beliefs + beliefs, [r["neg_sents"] for r in batch] + [r["gold_sents"] for r in batch])
-        neg, gold = both[: len(batch)], both[len(batch) :]
-        for r, nc, gc in zip(batch, neg, gold, strict=True):
-            r["neg"], r["gold"] = _matrix(nc, len(r["neg_sents"])), _matrix(gc, len(r["gold_sents"]))
-
-
-def misses(rows: list[dict], p: dict, k: int, seed: int = 0) -> list[dict]:
-    """A sample of ``k`` pairs whose top-ranked sentence is not a target, for a manual audit
-    (question, both answers, the top sentence and the best-ranked target). Pairs are taken in
-    the order of a hash of ``seed`` and their id, so a pair that stays a miss after a change
-    stays in the sample."""
-    import hashlib
-
+def misses(items: list[dict], scores: np.ndarray, flags: np.ndarray, k: int) -> list[dict]:
+    """Up to ``k`` wrongly decided items (missed conflicts and false flags), in id-hash order."""
     out = []
-    for r in rows:
-        if not r["targets"]:
-            continue
-        s = scores(r["neg"]["x"], p)
-        top = int(np.argmax(s))
-        if top in r["targets"]:
-            continue
-        tgt = max(r["targets"], key=lambda i: s[i])
-        out.append({"id": r["id"], "question": r["question"], "gold_answer": r["gold_answer"],
-                    "neg_answer": r["neg_answer"], "top": r["neg_sents"][top],
-                    "best_target": r["neg_sents"][tgt], "targets": len(r["targets"]),
-                    "sentences": len(r["neg_sents"])})
-    return sorted(out, key=lambda m: hashlib.sha1(f"{seed}:{m['id']}".encode()).hexdigest())[:k]
+    for it, s, f in zip(items, scores, flags, strict=True):
+        if bool(f) != it["conflict"]:
+            out.append({"id": it["id"], "kind": "missed_conflict" if it["conflict"] else f"false_flag_{it['kind']}",
+                        "belief": it["belief"].text, "text": it["text"][:600], "score": round(float(s), 4)})
+    return sorted(out, key=lambda m: hashlib.sha1(f"{m['id']}:{m['kind']}".encode()).hexdigest())[:k]
 
 
-def speed(rows: list[dict], embedder, n: int, repeats: int = 2) -> dict:
-    """Seconds of ``ConflictDetector.rank`` on the negative contexts of the first ``n`` rows,
-    with and without phrase candidates, on ``embedder`` without the cache: the best of
-    ``repeats`` alternating runs of each, after one warm-up call."""
-    rows = rows[:n]
-    beliefs = [[Belief.from_answer(r["question"], r["gold_answer"])] for r in rows]
-    chunks = [r["neg_sents"] for r in rows]
-    embedder.encode(["warm up"])
-    best = {True: float("inf"), False: float("inf")}
-    for _ in range(repeats):
-        for on in (True, False):
-            d = ConflictDetector(phrase_candidates=on)
-            d._embedder = embedder
-            t = time.perf_counter()
-            d.rank(beliefs, chunks)
-            best[on] = min(best[on], time.perf_counter() - t)
-    return {"pairs": len(rows), "phrase_candidates_s": round(best[True], 2),
-            "no_phrase_candidates_s": round(best[False], 2), "ratio": round(best[True] / best[False], 2)}
+def speed(items: list[dict], det: ConflictDetector, baseline: ConflictDetector | None, n: int) -> dict:
+    """Sentence pairs per second of the default detector (and of the span heuristics) on the
+    first ``n`` items, after a warm-up call."""
+    rows = items[:n]
+    beliefs = [[it["belief"]] for it in rows]
+    chunks = [split_sentences(it["text"]) for it in rows]
+    pairs = sum(len(c) for c in chunks)
+    out = {"items": len(rows), "sentence_pairs": pairs}
+    for name, d in (("judge", det), ("heuristic", baseline)):
+        if d is None:
+            continue
+        d.rank(beliefs[:2], chunks[:2])
+        t = time.perf_counter()
+        d.rank(beliefs, chunks)
+        dt = time.perf_counter() - t
+        out[f"{name}_s"] = round(dt, 2)
+        out[f"{name}_pairs_per_s"] = round(pairs / dt, 1)
+    return out
+
+
+def features(items: list[dict], det: ConflictDetector) -> np.ndarray:
+    """Per item, the passage head's features (:data:`PASSAGE_FEATURES`), from the judge."""
+    ranked = det.rank([[it["belief"]] for it in items], [split_sentences(it["text"]) for it in items])
+    return np.array([[cs[0].info["passage_features"][f] if cs else 0.0 for f in PASSAGE_FEATURES] for cs in ranked])
+
+
+def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) -> dict:
+    """Fit the passage head (an L2-regularised logistic regression over the pooled dev items,
+    each set weighted equally; ``per_set`` maps a set to its features and item kinds) and choose
+    the lowest threshold at which every set's dev false-flag rate on supporting passages, and on
+    off-topic ones, is at most ``target``; report dev AUC / recall / false flags per set for the
+    head and for the highest sentence conflict probability alone."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([f for f, _ in per_set.values()])
+    y = np.concatenate([kind == "conflict" for _, kind in per_set.values()])
+    w = np.concatenate([np.full(len(kind), 1.0 / len(kind)) for _, kind in per_set.values()])
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, y, sample_weight=w * len(y) / w.sum())
+    head = {"bias": round(float(lr.intercept_[0]), 4),
+            "weights": {f: round(float(c), 4) for f, c in zip(PASSAGE_FEATURES, lr.coef_[0], strict=True)}}
+
+    def score(f: np.ndarray) -> np.ndarray:
+        z = head["bias"] + f @ np.array([head["weights"][k] for k in PASSAGE_FEATURES])
+        return 1 / (1 + np.exp(-z))
+
+    # the lowest threshold at which no set flags more than `target` of its supporting (or of its
+    # off-topic) passages
+    thr = max(float(np.quantile(score(f[kind == k]), 1 - target, method="higher")) + 1e-6
+              for f, kind in per_set.values() for k in ("support", "unrelated") if (kind == k).any())
+    thr = min(max(thr, 0.05), 0.99)
+    report = {}
+    for n, (f, kind) in per_set.items():
+        s, cmax = score(f), f[:, 0]
+        pos, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
+        report[n] = {"auc": round(auc(s[pos], s[sup]), 4), "recall": round(float((s[pos] >= thr).mean()), 4),
+                     "false_flag_rate": round(float((s[sup] >= thr).mean()), 4),
+                     "unrelated_flag_rate": round(float((s[unr] >= thr).mean()), 4) if unr.any() else None,
+                     "auc_conflict_max_only": round(auc(cmax[pos], cmax[sup]), 4), "items": len(kind)}
+    return {"threshold": round(thr, 4), "head": head, "target_false_flag_rate": target, "dev": report}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(data_path("faithfulrag")))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results.json")
-    ap.add_argument("--dev", type=int, default=300, help="first N ids of each set form the dev split")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N pairs of each set")
-    ap.add_argument("--tune", action="store_true", help="fit the ranking weights on dev, ablate features")
+    ap.add_argument("--data", default=str(data_path()), help="the shared data folder (faithfulrag/, poisonedrag/)")
+    ap.add_argument("--split", default="test", choices=["test", "dev"])
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--limit", type=int, default=None, help="at most N ids per set")
+    ap.add_argument("--baseline", action="store_true", help="also report the span heuristics (judge=None)")
+    ap.add_argument("--misses", type=int, default=0, help="store N wrongly decided dev items per set")
+    ap.add_argument("--speed", type=int, default=0, help="time the detectors on N items of each set")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--cache", default=None, help="folder for an on-disk embedding cache")
-    ap.add_argument("--sets", default="squad,musique", help="comma-separated: squad, musique")
-    ap.add_argument("--misses", type=int, default=0, help="store N test misses per set (ordered by a hash of the pair id) for audits")
-    ap.add_argument("--speed", type=int, default=0,
-                    help="time the detector on N test pairs per set with and without phrase candidates")
+    ap.add_argument("--calibrate", default=None, metavar="JUDGE_DIR",
+                    help="fit the detector's passage head and threshold on the dev split and write them "
+                    "into JUDGE_DIR/judge.json")
+    ap.add_argument("--target-false-flags", type=float, default=0.10,
+                    help="largest dev false-flag rate on any set's supporting passages for --calibrate "
+                    "(the 10%% promise; 5-fold cross-validation on dev kept every held-out fold's rate "
+                    "below it, where 0.08 cost 5 points of recall)")
+    ap.add_argument("--features-cache", default=None, help="with --calibrate: also save the dev features (.npz)")
     args = ap.parse_args()
     data = Path(args.data)
-    if not (data / "squad_kre_golden.json").exists():
-        data_missing("conflicts", data, needs="squad_kre_*.json, musique_kre_*.json")
+    if not (data / "faithfulrag" / "squad_kre_golden.json").is_file():
+        data_missing("conflicts.py", data, needs="faithfulrag/*_kre_*.json")
         return 0
-    det = ConflictDetector(device=args.device)
-    raw = det.embedder
-    emb = CachedEmbedder(raw, args.cache)
-    det._embedder = emb
-    default = {"alpha": det.alpha, "mismatch_weight": det.mismatch_weight, "weights": dict(det.weights)}
-    results: dict = {"config": {"dev": args.dev, "limit": args.limit, "embedder": "all-MiniLM-L6-v2",
-                                "device": args.device, "defaults": default,
-                                "threshold": det.threshold, "min_relevance": det.min_relevance}}
-    t0 = time.time()
-    sets: dict[str, tuple[list[dict], list[dict]]] = {}
+    if args.misses and args.split != "dev":
+        ap.error("--misses audits the dev split only: add --split dev")
+    if args.calibrate:
+        judge_json = Path(args.calibrate) / "judge.json"
+        det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={})
+        per_set = {}
+        for name in args.sets.split(","):
+            items = load_items(data, name, "dev", args.limit)
+            if items:
+                per_set[name] = (features(items, det), np.array([it["kind"] for it in items]))
+        if args.features_cache:
+            np.savez(args.features_cache, **{f"{n}_x": f for n, (f, _) in per_set.items()},
+                     **{f"{n}_y": y for n, (_, y) in per_set.items()})
+        cal = calibrate(per_set, args.target_false_flags)
+        cal["calibrated_on"] = f"dev split of {', '.join(per_set)} (benchmarks/conflicts.py --calibrate)"
+        info = json.loads(judge_json.read_text())
+        info["detector"] = cal
+        judge_json.write_text(json.dumps(info, indent=1))
+        print(json.dumps(cal, indent=1))
+        return 0
+    det = ConflictDetector(device=args.device, judge=CachedJudge(device=args.device))
+    base = ConflictDetector(judge=None, device=args.device) if args.baseline else None
+    results: dict = {"command": " ".join(["python", "benchmarks/conflicts.py", *sys.argv[1:]]), "split": args.split,
+                     "machine": machine(), "detection": {}, "localisation": {},
+                     "defaults": {"judge": "default", "threshold": det.threshold, "head": det.head}}
+    if base is not None:
+        results["baseline_heuristic"] = {"detection": {}, "localisation": {}}
+    t0 = time.perf_counter()
     for name in args.sets.split(","):
-        rows = []
-        for p in load_pairs(data, name)[: args.limit]:
-            ns, gs = split_sentences(p["neg_context"]), split_sentences(p["gold_context"])
-            rows.append({**p, "neg_sents": ns, "gold_sents": gs, "targets": targets(ns, p["neg_answer"])})
-        featurise(rows, det, name)
-        emb.flush()
-        sets[name] = (rows[: args.dev], rows[args.dev :])
-    settings = {"library_default": default}
-    if args.tune:
-        dev_all = [r for dev, _ in sets.values() for r in dev]
-        on = [f for f in EXTRA if default["weights"].get(f)]
-        settings["previous_release (alpha=0.3, mismatch_weight=0.25)"] = {
-            "alpha": 0.3, "mismatch_weight": 0.25, "weights": {}}
-        settings["refit: relevance + mismatch only"] = tune(dev_all, [])
-        settings["refit: default features"] = tune(dev_all, on)
-        for f in on:
-            settings[f"refit: default features without {f}"] = tune(dev_all, [x for x in on if x != f])
-        for f in EXTRA:
-            if f not in on:
-                settings[f"refit: default features + {f}"] = tune(dev_all, [*on, f])
-        settings["refit: all features"] = tune(dev_all, EXTRA)
-        settings["default without mismatch (weight 0)"] = {**default, "mismatch_weight": 0.0}
-        results["fitted"] = settings["refit: default features"]
-        print("fitted on dev:", json.dumps(results["fitted"]))
-    for name, (dev, test) in sets.items():
-        res = evaluate(test, default)
-        res["no_target"] = sum(1 for r in test if not r["targets"])
-        res["pairs"] = len(test)
-        res["baseline_cosine"] = baseline(test, emb)
-        res["dev"] = evaluate(dev, default)
-        res["dev"]["baseline_cosine"] = baseline(dev, emb)
-        if args.tune:
-            res["settings"] = {k: {"test": evaluate(test, p), "dev_recall@1": evaluate(dev, p)["recall@1"]}
-                               for k, p in settings.items()}
+        items = load_items(data, name, args.split, args.limit)
+        if not items:
+            print(f"{name}: no items (data missing?)", file=sys.stderr)
+            continue
+        res, scores, flags = detection(items, det)
+        results["detection"][name] = res
         if args.misses:
-            res["miss_sample"] = misses(test, default, args.misses)
+            res["misses"] = misses(items, scores, flags, args.misses)
+        if name in ("squad", "musique"):
+            results["localisation"][name] = localisation(items, det)
+        if base is not None:
+            results["baseline_heuristic"]["detection"][name] = detection(items, base)[0]
+            if name in ("squad", "musique"):
+                results["baseline_heuristic"]["localisation"][name] = localisation(items, base)
         if args.speed:
-            res["speed"] = speed(test, raw, args.speed)
-        results[name] = res
-        print(name, json.dumps({k: v for k, v in res.items() if k not in ("settings", "miss_sample")}, indent=1))
-        if args.tune:
-            for k, v in res["settings"].items():
-                print(f"  {k:32s} test r@1 {v['test']['recall@1']:.4f} r@5 {v['test']['recall@5']:.4f}"
-                      f"  dev r@1 {v['dev_recall@1']:.4f}")
-    results["config"]["seconds"] = round(time.time() - t0, 1)
-    results["machine"] = machine()
+            results.setdefault("speed", {})[name] = speed(items, ConflictDetector(device=args.device), base, args.speed)
+        print(name, json.dumps({k: v for k, v in res.items() if k != "misses"}),
+              json.dumps(results["localisation"].get(name, {})), flush=True)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

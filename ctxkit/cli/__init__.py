@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "ctxkit.cli.steering",
     "ctxkit.cli.caad",
     "ctxkit.cli.conflicts",
+    "ctxkit.cli.judge",
     "ctxkit.cli.serve",
 ]
 

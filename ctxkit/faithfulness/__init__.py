@@ -5,8 +5,11 @@ conflict detector):
 
 * :mod:`~ctxkit.faithfulness.faithfulrag`: self-knowledge / self-context / self-facts stages,
   fact-to-chunk alignment, self-think answering (:class:`FaithfulRAG` chains them).
+* :mod:`~ctxkit.faithfulness.judge`: the claim judge that reads (belief, text) together
+  (:class:`ClaimJudge`, or :class:`LLMClaimJudge` with any generator), shared by conflicts and
+  steering.
 * :mod:`~ctxkit.faithfulness.conflicts`: values and spans of a text, :class:`ConflictDetector`
-  and the :class:`ConflictCheck` stage (no LLM).
+  and the :class:`ConflictCheck` stage (no LLM needed).
 * :mod:`~ctxkit.faithfulness.steering`: the Rescorla-Wagner testbed, model and fit,
   susceptibility, inappropriate-item detectors, the :class:`SteeringFilter` stage, fine-tuning.
 * :mod:`~ctxkit.faithfulness.decoding`: the CAAD grounding space and logits processor,
@@ -29,6 +32,7 @@ __all__ = [
     "Belief",
     "CAADLogitsProcessor",
     "CADLogitsProcessor",
+    "ClaimJudge",
     "ConflictCheck",
     "ConflictDetector",
     "EmbeddingJudge",
@@ -37,6 +41,7 @@ __all__ = [
     "FaithfulRAG",
     "GroundingSpace",
     "GroundingSpaceMismatchError",
+    "LLMClaimJudge",
     "LLMDetector",
     "LLMJudge",
     "RWParams",
@@ -76,6 +81,9 @@ _LAZY: dict[str, str] = {
     "FaithfulRAG": "ctxkit.faithfulness.faithfulrag.stages",
     "parse_list": "ctxkit.faithfulness.faithfulrag.parsing",
     "parse_json_answer": "ctxkit.faithfulness.faithfulrag.parsing",
+    # the claim judge
+    "ClaimJudge": "ctxkit.faithfulness.judge.model",
+    "LLMClaimJudge": "ctxkit.faithfulness.judge.llm",
     # LLM-free conflict records
     "Belief": "ctxkit.faithfulness.conflicts.beliefs",
     "ConflictDetector": "ctxkit.faithfulness.conflicts.detector",
@@ -132,6 +140,8 @@ if TYPE_CHECKING:
         SelfKnowledge,
         SelfThinkAnswer,
     )
+    from .judge.llm import LLMClaimJudge
+    from .judge.model import ClaimJudge
     from .steering.detectors import LLMDetector, SetDetector, default_detector
     from .steering.rescorla_wagner import RWParams
     from .steering.rescorla_wagner import fit as fit_rescorla_wagner

@@ -1,93 +1,54 @@
-"""The conflict detector: where does the context disagree with what we believe (no LLM)?
+"""The conflict detector: where does the context disagree with what we believe?
 
 A *belief* is a statement from a trusted source (a knowledge base, a previous answer, "question +
-known answer", or the model's own self-facts). :class:`ConflictDetector` finds the context
-sentences that talk about the same thing as a belief but state a different value, and explains
-the disagreement as a :class:`~ctxkit.types.Conflict` (kind ``entity``, ``number``, ``date``,
-``negation``, ``opposite`` or ``other``, with the two differing spans).
+known answer", or the model's own self-facts). :class:`ConflictDetector` reads every (belief,
+sentence) pair with the claim judge (:class:`~ctxkit.faithfulness.judge.ClaimJudge`, a small
+cross-encoder that outputs calibrated probabilities of support / conflict / unrelated), flags the
+passages whose conflict score reaches a threshold calibrated on dev data for precision (at most
+10% of supporting, or of off-topic, passages flagged), and explains each conflicting sentence as a
+:class:`~ctxkit.types.Conflict`: its ``kind`` (``entity``, ``number``, ``date``, ``negation``,
+``opposite`` or ``other``) and the two differing spans come from the span heuristics
+(:mod:`.heuristics`).
 
-How a (belief, sentence) pair is scored:
+A passage's conflict score for a belief combines what the judge says about its sentences with
+one plain fact, in a small logistic head (:data:`PASSAGE_FEATURES`): the highest conflict and
+support probabilities of its sentences, the mean of its two most conflicting sentences, how
+on-topic its best sentence is, and whether the passage plainly states the belief at all
+(:func:`stated`). The
+head and the flagging threshold are fitted on the dev splits of the conflict benchmark
+(``benchmarks/conflicts.py --calibrate``) and stored in the judge's ``judge.json``; without a
+head the score is the highest conflict probability.
 
-* **relevance**: the sentence is about the belief's subject. A mix of embedding cosine between
-  the sentence and the belief's *topic* (the belief without its answer) and the share of the
-  topic's content words found in the sentence.
-* **mismatch**: the sentence lacks the believed value and holds a different value of the same
-  type where it would go: another number, another date, or another entity / term that is
-  semantically close to the believed one (a substituted value comes from the same category:
-  a country for a country, a state for a state). Candidates are the chunk's entities, runs of
-  listed entities ("Ming, Qing, and Yuan dynasties"), its content words and, for a phrase
-  answer, its phrases of about the answer's length. A flipped negation on an otherwise matching
-  sentence is a ``negation`` conflict, an opposite relation word (``before`` for ``after``,
-  ``larger`` for ``smaller``, ``increased`` for ``decreased``) an ``opposite`` conflict; a
-  flipped negation *and* an opposite word ("not shorter" / "longer") cancel out.
-
-* **answer-aware ranking features** (``DEFAULT_WEIGHTS``): cosine of the sentence with the
-  believed *answer* alone (a sentence holding a substitute of the same category looks like the
-  answer, even when it is about a bridge entity the question never names) and the share of the
-  answer's own words in a sentence lacking the full answer ("County" of "Hancock County").
-  Also computed, off by default: an idf-weighted question-word overlap, the neighbours' overlap
-  and "states the believed value".
-
-The ranking score is ``relevance + mismatch_weight * mismatch + sum(weights[f] * f)`` (weights
-fitted on the dev split of ``benchmarks/conflicts.py``); a pair is flagged as a conflict
-when ``mismatch >= threshold`` and ``relevance >= min_relevance``. All texts of a batch (topics,
-sentences, candidate spans) are embedded in one encoder call; similarities are matrix products.
+``judge=None`` ranks and flags with the span heuristics alone (no model that reads the pair: the
+behaviour of earlier releases); ``judge=LLMClaimJudge(generator)`` asks an LLM instead.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ...errors import ConfigError, InputError
 from ...types import Conflict, Passage
 from .beliefs import Belief
-from .spans import Span, _entity_lists, _other_terms, _phrases, extract_spans, span_kind
-from .text import (
-    _IDENT,
-    _STOP,
-    _has_negation,
-    _norm,
-    _numbers,
-    _opposite,
-    content_words,
-    split_chunks,
-)
+from .heuristics import DEFAULT_MISMATCH_WEIGHT, DEFAULT_WEIGHTS, Candidate, SpanHeuristics
+from .text import split_chunks
 
-__all__ = ["DEFAULT_MISMATCH_WEIGHT", "DEFAULT_WEIGHTS", "Candidate", "ConflictDetector"]
+__all__ = [
+    "DEFAULT_MISMATCH_WEIGHT",
+    "DEFAULT_WEIGHTS",
+    "PASSAGE_FEATURES",
+    "Candidate",
+    "ConflictDetector",
+    "judge_input",
+    "passage_features",
+    "stated",
+]
 
-
-# Weights of the extra ranking features: a conditional logit fitted once on the dev split of
-# benchmarks/conflicts.py (first 150 ids of SQuAD-KRE and of MuSiQue-KRE, alpha fixed at 0.3).
-# lex_idf, context and has_value did not help on dev (see the ablation in benchmarks/README.md)
-# and are off by default; they stay computed and can be switched on with ``weights``.
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "lex_idf": 0.0,
-    "context": 0.0,
-    "answer_sim": 0.81,
-    "partial_answer": 0.23,
-    "has_value": 0.0,
-}
-DEFAULT_MISMATCH_WEIGHT = 0.55
-
-
-@dataclass
-class Candidate:
-    """A scored (belief, chunk) pair; :class:`ConflictDetector` ranks these."""
-
-    belief: int
-    chunk: int
-    similarity: float
-    relevance: float
-    mismatch: float
-    kind: str
-    belief_span: str | None
-    chunk_span: str | None
-    rank_score: float
-    flagged: bool
-    supports: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
+PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
+"""Features of a (belief, passage) pair that the passage head combines."""
 
 
 @dataclass
@@ -96,24 +57,73 @@ class _Chunk:
     passage_id: str | None
 
 
+def passage_features(belief: Belief, probs: np.ndarray, text: str) -> dict[str, float]:
+    """The passage head's features from the judge's ``(sentences, 3)`` probabilities."""
+    pc = np.sort(probs[:, 1])[::-1]
+    return {
+        "conflict_max": float(pc[0]),
+        "conflict_top2": float(pc[:2].mean()),
+        "support_max": float(probs[:, 0].max()),
+        "relevant_max": float((1 - probs[:, 2]).max()),
+        "answer_stated": float(stated(belief, text)),
+    }
+
+
+_CONTRASTED = r"(?:not|never|nor|rather than|instead of|in place of)\s+(?:the\s+|a\s+|an\s+)?"
+
+
+def stated(belief: Belief, text: str) -> bool:
+    """Whether ``text`` plainly states the belief.
+
+    A "question + answer" belief: the answer appears other than in a contrast ("Sydney, not
+    Canberra"). A plain statement: one sentence holds all its content words, with the same
+    negation and no relation word swapped for its opposite ("after" for "before").
+    """
+    import re
+
+    from .text import _has_negation, _opposite, content_words
+
+    if belief.answer:
+        from ..judge.data import _norm, states
+
+        if not states(text, belief.answer):
+            return False
+        plain = re.sub(_CONTRASTED + re.escape(_norm(belief.answer)) + r"\b", " ", _norm(text))
+        return states(plain, belief.answer)
+    need = content_words(belief.text)
+    return bool(need) and any(
+        need <= content_words(s) and _has_negation(s) == _has_negation(belief.text) and _opposite(belief.text, s) is None
+        for s in split_chunks(text, 0)
+    )
+
+
+def judge_input(belief: Belief) -> str:
+    """How a belief is shown to the claim judge (``"<question> Answer: <answer>"`` or the statement)."""
+    from ..judge.data import belief_input
+
+    return belief_input(belief.topic if belief.answer else None, belief.answer, belief.text)
+
+
 class ConflictDetector:
-    """Find context chunks that disagree with beliefs, with no LLM.
+    """Find context chunks that disagree with beliefs.
 
     Args:
-        embedder: Sentence-embedding model name/path (``"default"``: all-MiniLM-L6-v2).
-        device: Device for the embedder (``"auto"``, ``"cpu"``, ``"cuda"``...).
-        alpha: Weight of embedding cosine vs. content-word overlap in the relevance score.
-        mismatch_weight: Weight of the mismatch score in the ranking score.
-        threshold: Minimum mismatch for a flagged conflict.
-        min_relevance: Minimum relevance for a flagged conflict (the chunk must be on topic).
-        batch_size: Encoder batch size.
-        span_candidates: Per belief, the chunks ranked highest before the mismatch whose
-            entity/term spans are embedded to measure a mismatch (the others keep
-            number/date/negation checks only).
-        phrase_candidates: Compare a multi-word, non-entity answer with the chunk's phrases of
-            about its length as well as its single words (better spans; costs encoder time).
-        weights: Weights of the extra ranking features (keys of ``DEFAULT_WEIGHTS``); given
-            keys override the defaults.
+        embedder: Sentence-embedding model of the span heuristics (``"default"``:
+            all-MiniLM-L6-v2).
+        judge: The claim judge: ``"default"`` (packaged), a folder written by
+            ``ctxkit judge-train``, a judge object with ``predict(beliefs, texts)`` (such as
+            :class:`~ctxkit.faithfulness.judge.LLMClaimJudge`), or ``None`` for the span
+            heuristics alone.
+        device: Device of the models (``"auto"``, ``"cpu"``, ``"cuda"``...).
+        threshold: With a judge, the passage conflict score from which a passage is flagged
+            (``None``: the judge's calibrated threshold); without one, the minimum heuristic
+            mismatch (``None``: 0.5).
+        head: With a judge, the passage head ``{"bias": b, "weights": {feature: w}}`` over
+            :data:`PASSAGE_FEATURES` (``None``: the judge's calibrated head; ``{}``: the
+            passage's highest sentence conflict probability).
+        batch_size: Encoder / judge batch size.
+        alpha, mismatch_weight, min_relevance, span_candidates, phrase_candidates, weights:
+            Settings of the span heuristics (see :class:`.heuristics.SpanHeuristics`).
 
     Example:
         >>> det = ConflictDetector()
@@ -126,46 +136,103 @@ class ConflictDetector:
         self,
         embedder: str = "default",
         *,
+        judge: Any = "default",
         device: str = "auto",
+        threshold: float | None = None,
+        head: dict[str, Any] | None = None,
+        batch_size: int = 64,
         alpha: float = 0.3,
         mismatch_weight: float = DEFAULT_MISMATCH_WEIGHT,
-        threshold: float = 0.5,
         min_relevance: float = 0.35,
-        batch_size: int = 128,
         span_candidates: int = 8,
         phrase_candidates: bool = True,
         weights: dict[str, float] | None = None,
     ) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"ConflictDetector: alpha must be in [0, 1], got {alpha}")
-        if mismatch_weight < 0:
-            raise ConfigError(f"ConflictDetector: mismatch_weight must be >= 0, got {mismatch_weight}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"ConflictDetector: threshold must be in [0, 1], got {threshold}")
         self.embedder_name = embedder
         self.device = device
-        self.alpha = alpha
-        self.mismatch_weight = mismatch_weight
-        self.threshold = threshold
-        self.min_relevance = min_relevance
         self.batch_size = batch_size
-        self.span_candidates = span_candidates
-        self.phrase_candidates = phrase_candidates
-        w = {**DEFAULT_WEIGHTS, **(weights or {})}
-        unknown = set(w) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ConfigError(
-                f"ConflictDetector: unknown feature weight(s) {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}"
-            )
-        self.weights = w
         self._embedder: Any = None
+        self._judge_setting = judge
+        self._judge: Any = None
+        if judge is None:
+            self._threshold, self._head = (0.5 if threshold is None else threshold), {}
+        else:
+            self._judge = self._load_judge(judge)
+            cal = dict(getattr(self._judge, "config", {}).get("detector", {}))
+            self._threshold = float(cal.get("threshold", 0.5)) if threshold is None else threshold
+            self._head = dict(cal.get("head", {})) if head is None else dict(head)
+            unknown = set(self._head.get("weights", {})) - set(PASSAGE_FEATURES)
+            if unknown:
+                raise ConfigError(f"ConflictDetector: unknown passage features {sorted(unknown)}; known: {PASSAGE_FEATURES}")
+        self.heuristics = SpanHeuristics(
+            lambda: self.embedder, alpha=alpha, mismatch_weight=mismatch_weight,
+            threshold=self._threshold if judge is None else 0.5, min_relevance=min_relevance,
+            batch_size=128, span_candidates=span_candidates, phrase_candidates=phrase_candidates, weights=weights,
+        )
+
+    def _load_judge(self, judge: Any) -> Any:
+        if isinstance(judge, str):
+            from ..judge.model import ClaimJudge
+
+            return ClaimJudge(judge, device=self.device, batch_size=self.batch_size)
+        if not callable(getattr(judge, "predict", None)):
+            raise ConfigError(
+                "ConflictDetector: judge must be 'default', a judge folder, an object with "
+                f"predict(beliefs, texts), or None; got {type(judge).__name__}"
+            )
+        return judge
+
+    # -- settings --------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The flagging threshold in use (see the ``threshold`` argument)."""
+        return self._threshold
+
+    @property
+    def head(self) -> dict[str, Any]:
+        """The passage head in use (empty: the highest sentence conflict probability)."""
+        return self._head
+
+    def passage_score(self, features: dict[str, float]) -> float:
+        """A passage's conflict score from its :func:`passage_features`."""
+        if not self._head:
+            return features["conflict_max"]
+        z = float(self._head.get("bias", 0.0)) + sum(
+            float(w) * features[f] for f, w in self._head.get("weights", {}).items()
+        )
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Feature weights of the span heuristics' ranking (used without a judge, and for explanations)."""
+        return self.heuristics.weights
+
+    @property
+    def judge(self) -> Any:
+        """The claim judge (``None``: span heuristics only)."""
+        return self._judge
+
+    @property
+    def judge_name(self) -> str | None:
+        """What reads the pairs: the judge folder or class, or ``None``."""
+        if self._judge is None:
+            return None
+        return self._judge_setting if isinstance(self._judge_setting, str) else type(self._judge).__name__
 
     @property
     def embedder(self) -> Any:
-        """The shared :class:`~ctxkit.models.Embedder` (loaded on first use)."""
+        """The shared :class:`~ctxkit.models.Embedder` of the span heuristics (loaded on first use)."""
         if self._embedder is None:
             from ...models import get_embedder
 
             self._embedder = get_embedder(self.embedder_name, device=self.device)
         return self._embedder
+
+    @embedder.setter
+    def embedder(self, value: Any) -> None:
+        self._embedder = value
 
     # -- public API ------------------------------------------------------------------------------
     def detect(
@@ -185,12 +252,7 @@ class ConflictDetector:
             top_k: Keep at most this many conflicts per belief.
             chunk_words: Greedy chunk size in words; 0 means one chunk per sentence.
         """
-        if isinstance(context, str):
-            context = [context]
-        passages = [
-            c if isinstance(c, Passage) else Passage(id=f"p{i}", text=str(c)) for i, c in enumerate(context)
-        ]
-        return self.detect_batch([beliefs], [passages], top_k=top_k, chunk_words=chunk_words)[0]
+        return self.detect_batch([beliefs], [_passages(context)], top_k=top_k, chunk_words=chunk_words)[0]
 
     def detect_batch(
         self,
@@ -200,18 +262,9 @@ class ConflictDetector:
         top_k: int | None = None,
         chunk_words: int = 0,
     ) -> list[list[Conflict]]:
-        """:meth:`detect` for many queries at once (one encoder call for the whole batch)."""
-        if len(beliefs) != len(passages):
-            raise InputError(
-                f"detect_batch: {len(beliefs)} belief lists but {len(passages)} passage lists"
-            )
-        chunks = [
-            [_Chunk(c, p.id) for p in ps for c in (split_chunks(p.text, chunk_words) if p.text.strip() else [])]
-            for ps in passages
-        ]
-        bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
-        groups = [[c.passage_id for c in cs] for cs in chunks]
-        scored = self._score(bel, [[c.text for c in cs] for cs in chunks], groups)
+        """:meth:`detect` for many queries at once (one judge / encoder pass for the batch)."""
+        bel, chunks = self._prepare(beliefs, passages, chunk_words)
+        scored = self._score(bel, [[c.text for c in cs] for cs in chunks], [[c.passage_id for c in cs] for cs in chunks])
         out: list[list[Conflict]] = []
         for bs, cs, cands in zip(bel, chunks, scored, strict=True):
             per_belief: dict[int, int] = {}
@@ -238,253 +291,115 @@ class ConflictDetector:
             out.append(records)
         return out
 
+    def passage_scores(
+        self,
+        beliefs: list[list[Belief | str | dict[str, Any]]],
+        passages: list[list[Passage]],
+        *,
+        chunk_words: int = 0,
+    ) -> list[list[float]]:
+        """Each passage's conflict score (0-1; the highest over the query's beliefs), per query.
+
+        A passage is flagged by :meth:`detect_batch` when this score reaches :attr:`threshold`.
+        """
+        bel, chunks = self._prepare(beliefs, passages, chunk_words)
+        scored = self._score(bel, [[c.text for c in cs] for cs in chunks], [[c.passage_id for c in cs] for cs in chunks])
+        out = []
+        for ps, cs, cands in zip(passages, chunks, scored, strict=True):
+            best: dict[str | None, float] = {}
+            for c in cands:
+                pid = cs[c.chunk].passage_id
+                best[pid] = max(best.get(pid, 0.0), float(c.info.get("passage_score", self._conflict_score(c))))
+            out.append([round(best.get(p.id, 0.0), 6) for p in ps])
+        return out
+
     def rank(
         self, beliefs: list[list[Belief | str | dict[str, Any]]], chunks: list[list[str]]
     ) -> list[list[Candidate]]:
-        """Score every (belief, chunk) pair of each query; candidates sorted best first.
+        """Score every (belief, chunk) pair of each query; candidates sorted most conflicting first.
 
         This is the low-level entry used by benchmarks: ``chunks`` are given as already split
-        texts.
+        texts (all chunks of a query are treated as one passage).
         """
         bel = [[Belief.coerce(b) for b in bs] for bs in beliefs]
         return [sorted(c, key=lambda c: -c.rank_score) for c in self._score(bel, chunks)]
 
     # -- scoring ---------------------------------------------------------------------------------
+    def _prepare(
+        self, beliefs: list[list[Any]], passages: list[list[Passage]], chunk_words: int
+    ) -> tuple[list[list[Belief]], list[list[_Chunk]]]:
+        if len(beliefs) != len(passages):
+            raise InputError(f"detect_batch: {len(beliefs)} belief lists but {len(passages)} passage lists")
+        chunks = [
+            [_Chunk(c, p.id) for p in ps for c in (split_chunks(p.text, chunk_words) if p.text.strip() else [])]
+            for ps in passages
+        ]
+        return [[Belief.coerce(b) for b in bs] for bs in beliefs], chunks
+
     def _conflict_score(self, c: Candidate) -> float:
-        return max(0.0, min(1.0, c.mismatch * min(1.0, c.relevance / max(self.min_relevance, 1e-6) * 0.5 + 0.5)))
+        if self._judge is None:
+            return self.heuristics.conflict_score(c)
+        return float(c.info.get("passage_score", c.mismatch))
 
     def _score(
-        self,
-        beliefs: list[list[Belief]],
-        chunks: list[list[str]],
-        groups: list[list[Any]] | None = None,
+        self, beliefs: list[list[Belief]], chunks: list[list[str]], groups: list[list[Any]] | None = None
     ) -> list[list[Candidate]]:
-        """Features and scores of every (belief, chunk) pair; ``groups`` marks which chunks are
-        neighbours (same passage); by default all chunks of a query are one text in order."""
         if len(beliefs) != len(chunks):
             raise InputError(f"{len(beliefs)} belief lists but {len(chunks)} chunk lists")
-        import numpy as np
+        if self._judge is None:
+            return self.heuristics.score(beliefs, chunks, groups)
+        return self._judge_score(beliefs, chunks, groups)
 
-        # Phase 1: one encoder call for the topics, believed values and chunks of the whole batch.
-        texts: dict[str, int] = {}
-
-        def idx(t: str) -> int:
-            if t not in texts:
-                texts[t] = len(texts)
-            return texts[t]
-
-        key_spans: list[list[list[Span]]] = []
-        for bs, cs in zip(beliefs, chunks, strict=True):
-            ks_q = []
-            for b in bs:
-                idx(b.topic or b.text)
-                ks = [Span(b.answer, span_kind(b.answer))] if b.answer else extract_spans(b.text)
-                for k in ks:
-                    if k.kind in ("entity", "other") or b.answer:
-                        idx(k.text)
-                ks_q.append(ks)
-            key_spans.append(ks_q)
-            for c in cs:
-                idx(c)
-        if not texts:
-            return [[] for _ in beliefs]
-        emb = np.asarray(self.embedder.encode(list(texts), batch_size=self.batch_size), dtype=np.float32)
-
-        pending: list[tuple[int, int, int, Span]] = []  # (query, belief, chunk, key) needing spans
-        rows: list[dict[str, Any]] = []
-        for qi, (bs, cs, ks_q) in enumerate(zip(beliefs, chunks, key_spans, strict=True)):
-            row: dict[str, Any] = {"pairs": {}}
-            rows.append(row)
-            if not bs or not cs:
-                continue
-            cvec = emb[[texts[c] for c in cs]]
-            sims = emb[[texts[b.topic or b.text] for b in bs]] @ cvec.T
-            row["spans"] = [extract_spans(c) for c in cs]
-            words = [content_words(c) for c in cs]
-            norms = [f" {_norm(c)} " for c in cs]
-            nums = [_numbers(c) for c in cs]
-            # BM25-style idf from the query's own chunks: a word in every chunk locates nothing
-            df: dict[str, int] = {}
-            for ws in words:
-                for w in ws:
-                    df[w] = df.get(w, 0) + 1
-            n_c = len(cs)
-            grp = groups[qi] if groups is not None else [0] * n_c
-            for bi, (b, ks) in enumerate(zip(bs, ks_q, strict=True)):
-                topic = b.topic or b.text
-                topic_words = content_words(topic)
-                if not b.answer:  # a plain statement: its values are not part of its topic
-                    topic_words -= {w for k in ks if k.kind in ("number", "date") for w in content_words(k.text)}
-                idf = {w: float(np.log1p((n_c - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5))) for w in topic_words}
-                idf_total = sum(idf.values()) or 1.0
-                ans_words = content_words(b.answer) - topic_words if b.answer else set()
-                ans_sims = emb[texts[b.answer]] @ cvec.T if b.answer else np.zeros(n_c, np.float32)
-                for ci in range(n_c):
-                    sim = float(sims[bi, ci])
-                    shared = topic_words & words[ci]
-                    lex = len(shared) / max(len(topic_words), 1)
-                    lex_idf = sum(idf[w] for w in shared) / idf_total
-                    absent = [k for k in ks if not self._present(k, norms[ci], nums[ci], words[ci])]
-                    partial = len(ans_words & words[ci]) / len(ans_words) if ans_words and absent else 0.0
-                    rel = self.alpha * sim + (1 - self.alpha) * lex
-                    row["pairs"][bi, ci] = {
-                        "sim": sim, "lex": lex, "lex_idf": lex_idf, "rel": rel, "absent": absent,
-                        "answer_sim": float(ans_sims[ci]), "partial_answer": partial,
-                        "has_value": float(bool(ks) and not absent), "best": (0.0, "other", None, None),
-                    }
-                # neighbour context: a sentence's subject is often named in the one before it
-                lexes = [row["pairs"][bi, ci]["lex_idf"] for ci in range(n_c)]
-                for ci in range(n_c):
-                    nb = [lexes[j] for j in (ci - 1, ci + 1) if 0 <= j < n_c and grp[j] == grp[ci]]
-                    row["pairs"][bi, ci]["context"] = max(nb, default=0.0)
-                # Spans are embedded only for the chunks ranked highest before the mismatch
-                # (the rest cannot rank high).
-                pre = [
-                    pr["rel"] + sum(w * pr[f] for f, w in self.weights.items())
-                    for pr in (row["pairs"][bi, ci] for ci in range(n_c))
-                ]
-                for ci in sorted(range(n_c), key=lambda i: -pre[i])[: self.span_candidates]:
-                    for k in row["pairs"][bi, ci]["absent"]:
-                        if k.kind in ("entity", "other"):
-                            pending.append((qi, bi, ci, k))
-        # Phase 2: candidate values of the same category as the believed value (one encoder call).
-        pools: dict[tuple[int, int, int, str], list[str]] = {}
-        for qi, bi, ci, k in pending:
-            b = beliefs[qi][bi]
-            topic_norm = f" {_norm(b.topic or b.text)} "
-            topic_words = content_words(b.topic or b.text)
-            phrases: set[str] = set()
-            if k.kind == "entity":
-                pool = [sp.text for sp in rows[qi]["spans"][ci] if sp.kind == "entity"]
-                pool += _entity_lists(chunks[qi][ci], rows[qi]["spans"][ci])
-            else:
-                pool = _other_terms(chunks[qi][ci])
-                if self.phrase_candidates and len(content_words(k.text)) > 1:  # a phrase for a phrase
-                    found = _phrases(chunks[qi][ci], len(_norm(k.text).split()))
-                    phrases = set(found)
-                    pool += found
-            # A value named in the belief's topic is its subject, not a substitute for its value;
-            # nor is a name or phrase built on the subject's words ("Gustave Eiffel's" for a
-            # belief about the Eiffel Tower).
-            subject = topic_words - content_words(k.text)
-            key_norm = _norm(k.text)
-            kept = []
-            for t in dict.fromkeys(pool):
-                words, norm = content_words(t), _norm(t)
-                if f" {norm} " in topic_norm or words <= topic_words or norm == key_norm:
-                    continue
-                if (k.kind == "entity" or t in phrases) and words & subject:
-                    continue
-                kept.append(t)
-            pool = kept
-            pools[qi, bi, ci, k.text] = pool
-            for t in pool:
-                idx(t)
-        if len(texts) > len(emb):
-            new = list(texts)[len(emb):]
-            emb = np.concatenate(
-                [emb, np.asarray(self.embedder.encode(new, batch_size=self.batch_size), dtype=np.float32)]
-            )
-
-        out: list[list[Candidate]] = []
-        for qi, (bs, cs, row) in enumerate(zip(beliefs, chunks, rows, strict=True)):
-            cands: list[Candidate] = []
-            for (bi, ci), pr in row["pairs"].items():
-                b, ks = bs[bi], key_spans[qi][bi]
-                best = pr["best"]
-                for k in pr["absent"]:
-                    if k.kind in ("number", "date"):
-                        m, span = self._typed_mismatch(k, row["spans"][ci], f" {_norm(b.topic or b.text)} ")
-                    else:
-                        pool = pools.get((qi, bi, ci, k.text), [])
-                        m, span = 0.0, None
-                        if pool:
-                            vs = emb[[texts[t] for t in pool]] @ emb[texts[k.text]]
-                            # two values of one category (two countries) have cosine ~0.3-0.7
-                            ms = np.clip((vs - 0.15) / 0.4, 0.0, 1.0)
-                            if _IDENT.match(k.text):  # a code/model name replaced by another one
-                                ms = np.maximum(ms, [0.75 if _IDENT.match(t) else 0.0 for t in pool])
-                            j = int(np.lexsort((-vs, -ms))[0])  # ties at the clip: most similar
-                            m, span = float(ms[j]), pool[j]
-                    if m > best[0]:
-                        best = (m, k.kind, k.text, span)
-                supports = bool(pr["has_value"])
-                if not b.answer and len(ks) > 1 and len(pr["absent"]) == len(ks):
-                    # nothing of a multi-part statement is in the chunk: probably another subject
-                    best = (best[0] * 0.5, *best[1:])
-                if best[0] == 0.0 and pr["lex"] >= 0.5:
-                    flipped = _has_negation(cs[ci]) != _has_negation(b.text)
-                    opposite = _opposite(b.text, cs[ci])
-                    if flipped != bool(opposite):  # both at once ("not shorter" / "longer") agree
-                        kind_ = "opposite" if opposite else "negation"
-                        best = (0.6 if supports else 0.8, kind_, *(opposite or (None, None)))
-                        supports = False
-                mismatch, kind, bspan, cspan = best
-                feats = {
-                    "lex_idf": pr["lex_idf"], "context": pr["context"],
-                    "answer_sim": pr["answer_sim"], "partial_answer": pr["partial_answer"],
-                    "has_value": float(supports),
-                }
-                rank = pr["rel"] + self.mismatch_weight * mismatch + sum(
-                    w * feats[f] for f, w in self.weights.items()
-                )
-                cands.append(
-                    Candidate(
-                        belief=bi,
-                        chunk=ci,
-                        similarity=pr["sim"],
-                        relevance=pr["rel"],
-                        mismatch=mismatch,
-                        kind=kind,
-                        belief_span=bspan,
-                        chunk_span=cspan,
-                        rank_score=rank,
-                        flagged=mismatch >= self.threshold and pr["rel"] >= self.min_relevance,
-                        supports=supports,
-                        info={"lex": pr["lex"], "lex_idf": pr["lex_idf"], "sim": pr["sim"], "features": feats},
-                    )
-                )
-            # A context that states the believed value where it is most on topic does not
-            # contradict it in a less relevant place: only chunks more on topic than the best
-            # supporting chunk can be flagged.
-            support: dict[int, float] = {}
+    def _judge_score(
+        self, beliefs: list[list[Belief]], chunks: list[list[str]], groups: list[list[Any]] | None
+    ) -> list[list[Candidate]]:
+        pairs = [(qi, bi, ci) for qi, (bs, cs) in enumerate(zip(beliefs, chunks, strict=True))
+                 for bi in range(len(bs)) for ci in range(len(cs))]
+        probs = np.asarray(self._judge.predict(
+            [judge_input(beliefs[qi][bi]) for qi, bi, _ in pairs], [chunks[qi][ci] for qi, _, ci in pairs]
+        ), dtype=np.float64).reshape(len(pairs), 3)
+        out: list[list[Candidate]] = [[] for _ in beliefs]
+        for (qi, bi, ci), (ps, pc, pu) in zip(pairs, probs, strict=True):
+            out[qi].append(Candidate(
+                belief=bi, chunk=ci, similarity=float(1 - pu), relevance=float(1 - pu), mismatch=float(pc),
+                kind="other", belief_span=None, chunk_span=None, rank_score=float(pc), flagged=False,
+                supports=bool(ps > max(pc, pu)), info={"support": float(ps), "conflict": float(pc), "unrelated": float(pu)},
+            ))
+        flagged: list[tuple[int, Candidate]] = []
+        for qi, cands in enumerate(out):
+            grp = groups[qi] if groups is not None else [0] * len(chunks[qi])
+            by_passage: dict[tuple[int, Any], list[Candidate]] = {}
             for c in cands:
-                if c.supports:
-                    support[c.belief] = max(support.get(c.belief, -1.0), c.relevance)
-            for c in cands:
-                if c.flagged and c.relevance <= support.get(c.belief, -1.0):
-                    c.flagged = False
-                    c.info["outweighed_by_support"] = True
-            out.append(cands)
+                by_passage.setdefault((c.belief, grp[c.chunk]), []).append(c)
+            for (bi, _), members in by_passage.items():
+                probs = np.array([[c.info["support"], c.info["conflict"], c.info["unrelated"]] for c in members])
+                feats = passage_features(beliefs[qi][bi], probs, " ".join(chunks[qi][c.chunk] for c in members))
+                score = self.passage_score(feats)
+                top = max(c.mismatch for c in members)
+                for c in members:
+                    c.info["passage_score"] = score
+                    c.info["passage_features"] = feats
+                    # a flagged passage's records: its most conflicting sentence and any other
+                    # sentence the judge finds more conflicting than not
+                    if score >= self._threshold and (c.mismatch == top or c.mismatch >= 0.5):
+                        c.flagged = True
+                        flagged.append((qi, c))
+        self._explain(beliefs, chunks, flagged)
         return out
 
-    @staticmethod
-    def _typed_mismatch(k: Span, spans: list[Span], belief_norm: str) -> tuple[float, str | None]:
-        novel = [s for s in spans if f" {_norm(s.text)} " not in belief_norm]
-        same = [s for s in novel if s.kind == k.kind]
-        if same:
-            return 1.0, same[0].text
-        other = [s for s in novel if s.kind in ("number", "date")]
-        return (0.6, other[0].text) if other else (0.0, None)
+    def _explain(self, beliefs: list[list[Belief]], chunks: list[list[str]], flagged: list[tuple[int, Candidate]]) -> None:
+        """Kind and differing spans of the flagged pairs, from the span heuristics (one batch)."""
+        if not flagged:
+            return
+        explained = self.heuristics.score(
+            [[beliefs[qi][c.belief]] for qi, c in flagged], [[chunks[qi][c.chunk]] for qi, c in flagged]
+        )
+        for (_, c), (h,) in zip(flagged, explained, strict=True):
+            if h.mismatch > 0:
+                c.kind, c.belief_span, c.chunk_span = h.kind, h.belief_span, h.chunk_span
 
-    @staticmethod
-    def _present(k: Span, chunk_norm: str, chunk_nums: set[str], chunk_words: set[str]) -> bool:
-        if k.kind == "number":
-            nums = _numbers(k.text)
-            if nums:
-                return nums <= chunk_nums
-        tokens = _norm(k.text).split()
-        if not tokens:
-            return True
-        roman = {t for t in tokens[1:] if re.fullmatch(r"[ivxlcdm]+", t)}  # "World War I"
-        while len(tokens) > 1 and tokens[0] in _STOP:  # "at the right bank" ~ "on the right bank"
-            tokens = tokens[1:]
-        while len(tokens) > 1 and tokens[-1] in _STOP and tokens[-1] not in roman:
-            tokens = tokens[:-1]
-        if f" {' '.join(tokens)} " in chunk_norm:
-            return True
-        # Paraphrased word order counts, but a short token ("World War I" vs "II", "5" vs "50")
-        # must be there as a word.
-        short = {t for t in tokens if len(t) <= 2 and t not in _STOP} | roman
-        words = content_words(k.text)
-        return bool(words) and words <= chunk_words and short <= set(chunk_norm.split())
+
+def _passages(context: list[str | Passage] | str) -> list[Passage]:
+    if isinstance(context, str):
+        context = [context]
+    return [c if isinstance(c, Passage) else Passage(id=f"p{i}", text=str(c)) for i, c in enumerate(context)]

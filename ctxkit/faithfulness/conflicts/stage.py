@@ -39,6 +39,10 @@ class ConflictCheck(BaseStage):
         * ``"warn"``: annotate, and put a prompt section listing the conflicts in
           ``state.metadata["conflict_note"]`` (used by :class:`~ctxkit.faithfulness.SelfThinkAnswer`).
 
+    The claim judge (``judge``: ``"default"``, a folder written by ``ctxkit judge-train``, or
+    ``None`` for the span heuristics alone) decides; ``threshold`` defaults to the judge's value,
+    calibrated on dev data so that at most 10% of supporting (or of off-topic) passages are flagged.
+
     Example:
         >>> stage = ConflictCheck(beliefs=["The Eiffel Tower was completed in 1889."])
         >>> state = ContextState(query="When was the Eiffel Tower completed?",
@@ -50,13 +54,14 @@ class ConflictCheck(BaseStage):
 
     beliefs: list[str | dict[str, Any]] = Field(default_factory=list)
     beliefs_from: Literal["auto", "setting", "metadata", "facts"] = "auto"
+    judge: str | None = "default"
     embedder: str = "default"
     device: str = "auto"
     chunk_words: int = Field(0, ge=0)
     top_k: int = Field(5, ge=1)
     alpha: float = Field(0.3, ge=0.0, le=1.0)
     mismatch_weight: float = Field(DEFAULT_MISMATCH_WEIGHT, ge=0.0)
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
     min_relevance: float = Field(0.35, ge=0.0, le=1.0)
     weights: dict[str, float] | None = None
     action: Literal["annotate", "filter", "warn"] = "annotate"
@@ -74,10 +79,11 @@ class ConflictCheck(BaseStage):
     def warm_up(self) -> None:
         self._detector = ConflictDetector(
             self.embedder,
+            judge=self.judge,
             device=self.device,
+            threshold=self.threshold,
             alpha=self.alpha,
             mismatch_weight=self.mismatch_weight,
-            threshold=self.threshold,
             min_relevance=self.min_relevance,
             weights=self.weights,
         )

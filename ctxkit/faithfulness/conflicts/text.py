@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["content_words", "split_chunks"]
+__all__ = ["OPPOSITES", "content_words", "split_chunks"]
 
 _STOP = frozenset(
     """a an the and or but if of at by for with about against between into through during before
@@ -43,11 +43,12 @@ _OPPOSITE_PAIRS = (
     "included excluded", "open closed", "opened closed", "start end", "started ended",
     "beginning end", "upstream downstream", "ancient modern", "private public",
 )
-_OPPOSITE: dict[str, frozenset[str]] = {}
+OPPOSITES: dict[str, frozenset[str]] = {}
+"""Relation word -> the words that state its opposite (both directions of ``_OPPOSITE_PAIRS``)."""
 for _pair in _OPPOSITE_PAIRS:
     _a, _b = _pair.split()
-    _OPPOSITE[_a] = _OPPOSITE.get(_a, frozenset()) | {_b}
-    _OPPOSITE[_b] = _OPPOSITE.get(_b, frozenset()) | {_a}
+    OPPOSITES[_a] = OPPOSITES.get(_a, frozenset()) | {_b}
+    OPPOSITES[_b] = OPPOSITES.get(_b, frozenset()) | {_a}
 
 _MONTHS = (  # noqa: SIM905
     "january february march april may june july august september october november december "
@@ -120,10 +121,10 @@ def _opposite(belief: str, chunk: str) -> tuple[str, str] | None:
     """A relation word of ``belief`` whose opposite ``chunk`` uses instead, e.g. ("before", "after")."""
     bw = set(re.findall(r"[a-z]+", belief.lower()))
     cw = set(re.findall(r"[a-z]+", chunk.lower()))
-    for w in sorted(bw & _OPPOSITE.keys()):
+    for w in sorted(bw & OPPOSITES.keys()):
         if w in cw:
             continue
-        for o in sorted(_OPPOSITE[w]):
+        for o in sorted(OPPOSITES[w]):
             if o in cw and o not in bw:
                 return w, o
     return None
