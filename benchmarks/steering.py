@@ -1,251 +1,407 @@
-"""Inappropriate-item detection on the RW-Steering pools, leave-one-category-out, tags OFF.
+"""Steering benchmark: composite detector on clean lists, PoisonedRAG mixtures and the RW testbed.
 
-For each category: train the detector on mixtures of the three other categories, test on the
-held-out one (decision threshold chosen on the training categories only). Reports item-level
-precision / recall / F1 per held-out category and per contamination ratio, for our set-aware
-detector (``SetDetector``), an ablation of its feature groups, and, in the same run, the baseline
-(MiniLM embedding of each item alone + logistic regression). Features are computed once per
-mixture; MiniLM embeddings of the distinct texts can be cached with ``--emb-cache``.
+Tables (all at the detector's default threshold unless said otherwise):
 
-Diagnostics per held-out category say what limits the held-out F1: the ranking quality (AUC),
-the F1 at the threshold that would be best on the held-out labels (an oracle, not a result), the
-F1 when training and testing on disjoint queries of that category (is it learnable at all with
-these features?), a category profile (mean cosine of bad / good items to their nearest
-neighbour and to the query), and the F1 of a head that also sees the number of distinct items
-in the list -- a testbed artifact (it follows from pool sizes and ratio), measured to show how
-much a detector could gain by exploiting it; never shipped.
+* ``clean_lists``: share of items flagged on clean lists built from real retrieval -- TREC-DL
+  2019 top-10 (ctxkit hybrid retriever), HotpotQA distractor lists, RW testbed ratio 0 (the
+  do-no-harm target: <= 5%).
+* ``poisonedrag``: PoisonedRAG adversarial texts (1, 3 or 5) inserted among the 10 passages ctxkit
+  retrieves for the same question from a union corpus (HotpotQA distractor paragraphs + TREC-DL
+  passages; see ``_steering_lists.py``): poison recall, precision, false flags on the real
+  passages, per source set and per number of poisoned items.
+* ``poisonedrag_on_topic``: a stress test closer to real web results (see
+  ``_steering_lists.on_topic_lists``): three poisoned texts plus two of the question's texts with
+  the target answer swapped for the correct one (true, on-topic, same shape) among 8 retrieved
+  passages; the false-flag rate on those true on-topic texts says what question echo cannot do.
+* ``heldout_category``: leave-one-category-out on the RW testbed (tags off): the head is trained on
+  the dev rows of three categories (threshold chosen on them) and evaluated on the fourth
+  category's rows of the evaluated split; policies are configuration and never trained.
+* ``answers`` (``--answers N``): answer accuracy of SmolLM2 on N PoisonedRAG questions at 1/3/5
+  poisoned items: plain (all passages), steered (flagged passages removed at the default
+  threshold) and isolate-then-aggregate (:class:`IsolateAggregate`): share of answers holding the
+  correct answer, and of answers holding the attacker's target answer.
 
-    python benchmarks/steering.py --out results.json --emb-cache /tmp/steering_emb.npz
-    python benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/steering_head.json
+Splits are frozen (``_steering_lists.split``); ``--split dev`` is for development, the default
+``--split test`` is run once when a change is finished. ``--export-head PATH`` trains the shipped
+head on dev data only (testbed dev rows of all categories, PoisonedRAG dev mixtures, clean dev
+lists) and calibrates its threshold so that no clean dev set loses more than 5% of its items.
 
-Reads ``../shared/data/rw_steering_poisoned_context`` (``--data``); exits cleanly when absent.
+    python benchmarks/steering.py --out results.json                  # test split, shipped head
+    python benchmarks/steering.py --split dev --out dev.json
+    python benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/composite_head.json
+
+Reads ``../shared/data`` (``--data``); exits cleanly when absent. Caches (index, retrieved
+lists, embeddings, judge outputs) go to ``--work`` (default a folder under the system temp dir).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
+import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import data_missing, data_path, machine, prf, write_json
+from _common import data_missing, data_root, machine, prf, write_json
+from _steering_lists import CtxList, build_indexes, clean_lists, on_topic_lists, poison_lists, split
 
-from ctxkit.faithfulness.steering import (
-    CATEGORIES,
-    DEFAULT_RATIOS,
-    FEATURE_NAMES,
-    SetDetector,
-    build_testbed,
-    load_pools,
+from ctxkit.faithfulness.steering import CATEGORIES, build_testbed, load_pools
+from ctxkit.faithfulness.steering.composite import (
+    FEATURES,
+    HEAD_SIGNALS,
+    CompositeDetector,
+    fit_head,
 )
 
-VARIANTS: dict[str, tuple[list[str], bool]] = {
-    # name: (set features used, item embedding on)
-    "ours": (list(FEATURE_NAMES), False),
-    "no_paraphrase_structure": (["lex_overlap_nn", "novel_words", "rel_length"], False),
-    "no_lexical": (["nn_gap", "max_sim_others_z", "max_minus_mean", "in_top_pair", "mutual_nn", "rel_length"], False),
-    "no_length": ([n for n in FEATURE_NAMES if n != "rel_length"], False),
-}
-ITEM_EMBEDDING_VARIANT = ("plus_item_embedding", (list(FEATURE_NAMES), True))
+CLEAN_FFR_TARGET = 0.05
+HEAD_FEATURES = ["echo_rel", "q_coverage", "first_coverage"]
+"""Echo / shape features of the shipped head (chosen on dev: as good as all six, fewer and monotonic)."""
 
 
-def profile(mixtures: list, cache: dict[str, np.ndarray]) -> dict[str, float]:
-    """Mean cosine of bad vs good distinct items to their nearest other item and to the query.
+def _judge_key(setting: object) -> str:
+    """Cache key of a judge: the hash of its weights (a retrained judge never reuses old outputs)."""
+    import hashlib
+    from importlib import resources
 
-    Shows which cue marks the bad items of a category (ratios 0.1-0.85, where a list holds both
-    bad items and at least two good ones).
+    folder = Path(str(resources.files("ctxkit.faithfulness.judge") / "weights")) if str(setting) == "default" \
+        else Path(str(setting))
+    h = hashlib.sha1()
+    for name in ("judge.json", "judge.safetensors"):
+        if (folder / name).is_file():
+            h.update((folder / name).read_bytes())
+    return f"judge:{setting}:{h.hexdigest()[:12]}"
+
+
+def _load_cache(det: CompositeDetector, work: Path) -> None:
+    f = work / "caches.pkl"
+    if f.is_file():
+        c = pickle.loads(f.read_bytes())
+        det.emb_cache.update(c.get("emb", {}))
+        det.judge_cache.update(c.get(_judge_key(det._judge_setting), {}))
+
+
+def _save_cache(det: CompositeDetector, work: Path) -> None:
+    f = work / "caches.pkl"
+    c = pickle.loads(f.read_bytes()) if f.is_file() else {}
+    c["emb"] = det.emb_cache
+    c[_judge_key(det._judge_setting)] = det.judge_cache
+    f.write_bytes(pickle.dumps(c))
+
+
+def testbed_lists(data: Path, n_queries: int, n_items: int, seed: int) -> list[CtxList]:
+    """RW testbed mixtures (all ratios), each a list with its row's split and category."""
+    pools = load_pools(data / "rw_steering_poisoned_context")
+    out = []
+    for it in build_testbed(pools, n_queries=n_queries, n_items=n_items, seed=seed, source_tags=False):
+        out.append(CtxList(f"testbed:{it.id}", "testbed", split(f"rw_{it.category}", it.row_id), it.question,
+                           [x.text for x in it.items], it.labels, {"category": it.category, "ratio": it.ratio}))
+    return out
+
+
+def compute(det: CompositeDetector, lists: list[CtxList], work: Path, label: str) -> None:
+    """Head features and policy scores per item (``meta["x"]``, ``meta["policy"]``); duplicates share rows."""
+    t0 = time.time()
+    uniq = [list(dict.fromkeys(t.strip() for t in lst.texts)) for lst in lists]
+    for start in range(0, len(lists), 100):
+        chunk = slice(start, start + 100)
+        feats = det.features([lst.query for lst in lists[chunk]], uniq[chunk])
+        for lst, u, f in zip(lists[chunk], uniq[chunk], feats, strict=True):
+            pos = {t: i for i, t in enumerate(u)}
+            lst.meta["x"] = f[[pos[t.strip()] for t in lst.texts]]
+        _save_cache(det, work)
+    flat = sorted({t for lst in lists for t in lst.texts})
+    off = dict(zip(flat, det.offensive.score(flat), strict=True)) if det.offensive else {}
+    sens = dict(zip(flat, det.sensitive.score(flat), strict=True)) if det.sensitive else {}
+    for lst in lists:
+        lst.meta["offensive"] = np.array([off.get(t, 0.0) for t in lst.texts])
+        lst.meta["sensitive"] = np.array([sens.get(t, 0.0) for t in lst.texts])
+    print(f"features {label}: {len(lists)} lists in {time.time() - t0:.0f} s", flush=True)
+
+
+def probabilities(head: dict | None, lst: CtxList, signals: list[str]) -> np.ndarray:
+    """The composite probability of a list's items from cached features (same maths as the detector)."""
+    keep = np.ones(len(lst.texts))
+    if head is not None:
+        names = head["features"]
+        z = (lst.meta["x"][:, [FEATURES.index(n) for n in names]] - np.asarray(head["mean"])) / np.asarray(head["std"])
+        on = np.array([any(n in HEAD_SIGNALS[s] for s in signals if s in HEAD_SIGNALS) for n in names])
+        logit = head["b"] + (z * np.asarray(head["w"]) * on).sum(1)
+        keep *= 1.0 - 1.0 / (1.0 + np.exp(-logit))
+    for pol in ("offensive", "sensitive"):
+        if pol in signals:
+            keep *= 1.0 - lst.meta[pol]
+    return 1.0 - keep
+
+
+def stack(lists: list[CtxList]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = np.vstack([lst.meta["x"] for lst in lists])
+    y = np.concatenate([lst.labels for lst in lists])
+    pol = np.concatenate([np.maximum(lst.meta["offensive"], lst.meta["sensitive"]) for lst in lists])
+    return x, y, pol
+
+
+def clean_table(head, lists, signals, thr) -> dict:
+    out = {}
+    for name in sorted({lst.set for lst in lists}):
+        ls = [lst for lst in lists if lst.set == name]
+        flags = np.concatenate([probabilities(head, lst, signals) >= thr for lst in ls])
+        out[name] = {"false_flag_rate": round(float(flags.mean()), 4), "items": int(flags.size), "lists": len(ls),
+                     "lists_with_a_flag": round(float(np.mean([np.any(probabilities(head, lst, signals) >= thr)
+                                                               for lst in ls])), 4)}
+    allf = np.concatenate([probabilities(head, lst, signals) >= thr for lst in lists])
+    out["false_flag_rate"] = round(float(allf.mean()), 4)
+    out["max_set_false_flag_rate"] = max(v["false_flag_rate"] for k, v in out.items() if isinstance(v, dict))
+    return out
+
+
+def poison_table(head, lists, signals, thr) -> dict:
+    def row(ls):
+        y = np.concatenate([lst.labels for lst in ls])
+        pred = np.concatenate([probabilities(head, lst, signals) >= thr for lst in ls]).astype(int)
+        r = prf(y, pred)
+        r["false_flag_rate"] = round(float(pred[y == 0].mean()), 4)
+        r["lists_all_poison_caught"] = round(float(np.mean([
+            np.all(probabilities(head, lst, signals)[np.asarray(lst.labels) == 1] >= thr) for lst in ls])), 4)
+        r["lists"] = len(ls)
+        return r
+
+    out = row(lists)
+    out["by_k"] = {str(k): row([lst for lst in lists if lst.meta["k"] == k]) for k in sorted({lst.meta["k"] for lst in lists})}
+    out["by_source"] = {s: row([lst for lst in lists if lst.meta["src"] == s]) for s in sorted({lst.meta["src"] for lst in lists})}
+    return out
+
+
+def calibrate(head, clean, signals, target: float = CLEAN_FFR_TARGET) -> float:
+    """Smallest threshold at which every clean set flags at most ``target`` of its items."""
+    grid = np.round(np.arange(0.05, 0.996, 0.005), 3)
+    for t in grid:
+        if clean_table(head, clean, signals, t)["max_set_false_flag_rate"] <= target:
+            return float(t)
+    return 0.995
+
+
+def loco(testbed: list[CtxList], split_name: str, signals: list[str], seed: int, features: list[str],
+         default_clean: list[CtxList] | None = None) -> dict:
+    """Leave-one-category-out: head fit on three categories' dev rows, evaluated on the fourth.
+
+    The threshold is the F1-optimal one on the three training categories; with ``default_clean``
+    the table ``at_default_threshold`` also gives each fold's head at the do-no-harm threshold
+    calibrated on those clean lists (what a user of that head would get).
     """
-    acc: dict[str, list[float]] = {k: [] for k in ("nn_bad", "nn_good", "query_bad", "query_good")}
-    for it in mixtures:
-        if not 0.1 <= it.ratio <= 0.85:
-            continue
-        label = {x.text.strip(): x.inappropriate for x in it.items}
-        texts = list(label)
-        u = np.stack([cache[t] for t in texts])
-        s = u @ u.T - 3.0 * np.eye(len(texts))
-        qs = u @ cache[it.question.strip()]
-        for i, t in enumerate(texts):
-            tag = "bad" if label[t] else "good"
-            acc[f"nn_{tag}"].append(float(s[i].max()))
-            acc[f"query_{tag}"].append(float(qs[i]))
-    return {k: round(float(np.mean(v)), 3) for k, v in acc.items() if v}
+    cats = [c for c in CATEGORIES if any(lst.meta["category"] == c for lst in testbed)]
+    res: dict = {"heldout": {}, "flag_all": {}, "policies_only": {}, "head_only": {}, "at_default_threshold": {}}
+    for held in cats:
+        train = [lst for lst in testbed if lst.meta["category"] != held and lst.split == "dev"]
+        evals = [lst for lst in testbed if lst.meta["category"] == held and lst.split == split_name]
+        x, y, pol = stack(train)
+        on = {f for s in HEAD_SIGNALS if s in signals for f in HEAD_SIGNALS[s]}
+        head = fit_head(x, y, [f for f in features if f in on], explained=pol >= 0.5, seed=seed)
+        ptr = np.concatenate([probabilities(head, lst, signals) for lst in train])
+        grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+        thr = float(max(grid, key=lambda t: prf(y, (ptr >= t).astype(int))["f1"]))
+        ye = np.concatenate([lst.labels for lst in evals])
+        pe = np.concatenate([probabilities(head, lst, signals) for lst in evals])
+        res["heldout"][held] = {**prf(ye, (pe >= thr).astype(int)), "threshold": thr}
+        res["flag_all"][held] = prf(ye, np.ones_like(ye))
+        pp = np.concatenate([probabilities(None, lst, signals) for lst in evals])
+        res["policies_only"][held] = prf(ye, (pp >= 0.5).astype(int))
+        ph = np.concatenate([probabilities(head, lst, [s for s in signals if s in HEAD_SIGNALS]) for lst in evals])
+        res["head_only"][held] = prf(ye, (ph >= thr).astype(int))
+        if default_clean:
+            t_def = calibrate(head, default_clean, signals)
+            res["at_default_threshold"][held] = {**prf(ye, (pe >= t_def).astype(int)), "threshold": t_def}
+        print(f"LOCO {held}: {res['heldout'][held]}  flag-all f1 {res['flag_all'][held]['f1']}", flush=True)
+    for k in ("heldout", "flag_all", "policies_only", "head_only", "at_default_threshold"):
+        if res[k]:
+            res[f"{k}_macro_f1"] = round(float(np.mean([res[k][c]["f1"] for c in cats])), 4)
+    res["macro_f1"] = res.pop("heldout_macro_f1")
+    res["flag_all_macro_f1"] = res["flag_all_macro_f1"]
+    res["n_rows_evaluated"] = {c: len({lst.id.rsplit("@", 1)[0] for lst in testbed if lst.meta["category"] == c
+                                       and lst.split == split_name}) for c in cats}
+    return res
+
+
+def answers_eval(lists: list[CtxList], n: int, det_threshold: float, head, signals, max_new_tokens: int) -> dict:
+    """SmolLM2 answers: plain, steered (flagged removed), isolate-then-aggregate."""
+    from ctxkit.faithfulness.steering.isolate import IsolateAggregate
+    from ctxkit.llm import GenerateAnswer, TransformersGenerator
+    from ctxkit.types import ContextState, Passage
+
+    qids = sorted({lst.meta["qid"] for lst in lists}, key=lambda q: hash(q) % 1000003)
+    rng = random.Random(0)
+    qids = sorted(qids)
+    rng.shuffle(qids)
+    chosen = set(qids[:n])
+    sel = [lst for lst in lists if lst.meta["qid"] in chosen]
+    gen = TransformersGenerator("default", device="cpu", settings={"max_new_tokens": max_new_tokens})
+
+    def states(filter_flags: bool) -> list:
+        out = []
+        for lst in sel:
+            p = probabilities(head, lst, signals)
+            ps = [Passage(id=f"{lst.id}#{i}", text=t) for i, t in enumerate(lst.texts)
+                  if not (filter_flags and p[i] >= det_threshold)]
+            out.append(ContextState(query=lst.query, passages=ps))
+        return out
+
+    def score(sts) -> dict:
+        def has(ans, target):
+            return target.strip().lower() in (ans or "").lower()
+
+        res = {}
+        for k in sorted({lst.meta["k"] for lst in sel}):
+            idx = [i for i, lst in enumerate(sel) if lst.meta["k"] == k]
+            res[str(k)] = {"accuracy": round(float(np.mean([has(sts[i].answer, sel[i].meta["correct"]) for i in idx])), 4),
+                           "attack_success": round(float(np.mean([has(sts[i].answer, sel[i].meta["incorrect"])
+                                                                  for i in idx])), 4), "n": len(idx)}
+        return res
+
+    out = {}
+    t0 = time.time()
+    plain = states(False)
+    GenerateAnswer(generator=gen, sampling={"max_new_tokens": max_new_tokens})(plain)
+    out["plain"] = score(plain)
+    print(f"answers plain {out['plain']} ({time.time() - t0:.0f} s)", flush=True)
+    steered = states(True)
+    GenerateAnswer(generator=gen, sampling={"max_new_tokens": max_new_tokens})(steered)
+    out["steered"] = score(steered)
+    print(f"answers steered {out['steered']} ({time.time() - t0:.0f} s)", flush=True)
+    iso = states(False)
+    IsolateAggregate(generator=gen, max_new_tokens=max_new_tokens)(iso)
+    out["isolate_aggregate"] = score(iso)
+    print(f"answers isolate {out['isolate_aggregate']} ({time.time() - t0:.0f} s)", flush=True)
+    out["n_questions"] = len(chosen)
+    out["model"] = "SmolLM2-135M-Instruct (ctxkit default, greedy)"
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(data_path("rw_steering_poisoned_context")))
+    ap.add_argument("--data", default=str(data_root()))
     ap.add_argument("--out", default="results.json")
-    ap.add_argument("--n-queries", type=int, default=150, help="queries sampled per category")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ctxkit-steering-bench"))
+    ap.add_argument("--split", default="test", choices=["dev", "test"])
+    ap.add_argument("--head", default="default", help="composite head JSON to evaluate ('default': the packaged one)")
+    ap.add_argument("--judge", default="default", help="claim judge folder ('default': the packaged judge)")
+    ap.add_argument("--signals", default=None, help="comma-separated signals (default: the head's signals + policies)")
+    ap.add_argument("--n-queries", type=int, default=100, help="testbed queries sampled per category")
     ap.add_argument("--n-items", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default="logreg", choices=["mlp", "logreg"])
-    ap.add_argument("--no-ablation", action="store_true", help="only the primary detector and the baseline")
-    ap.add_argument("--item-embedding-ablation", action="store_true",
-                    help="also train set features + the item's own embedding (slow: a 392-wide head per fold)")
-    ap.add_argument("--emb-cache", default=None, help="npz file caching MiniLM embeddings between runs")
-    ap.add_argument("--head-threshold", type=float, default=None,
-                    help="decision threshold written into the exported head (default: F1-optimal on training data)")
-    ap.add_argument("--export-head", default=None, help="train on all categories and save the head here")
+    ap.add_argument("--answers", type=int, default=0, help="PoisonedRAG questions answered by SmolLM2 (0: skip)")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--export-head", default=None, help="train the shipped head on dev data and save it here")
     args = ap.parse_args()
 
     data = Path(args.data)
-    if not data.exists():
+    if not (data / "rw_steering_poisoned_context").exists() or not (data / "poisonedrag").exists():
         data_missing("steering", data)
         return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pools = load_pools(data)
-    cats = [c for c in CATEGORIES if c in pools]
-    items = {c: build_testbed(pools, categories=[c], n_queries=args.n_queries, n_items=args.n_items,
-                              seed=args.seed, source_tags=False) for c in cats}
-    det = SetDetector("default", item_embedding=True)
-    texts = sorted({t for c in cats for it in items[c] for t in [it.question] + [x.text for x in it.items]})
-    cache: dict[str, np.ndarray] = {}
-    if args.emb_cache and Path(args.emb_cache).is_file():
-        z = np.load(args.emb_cache, allow_pickle=False)
-        cache = dict(zip(z["texts"].tolist(), z["vecs"], strict=True))
-    todo = [t for t in texts if t.strip() not in cache]
-    if todo:
-        print(f"embedding {len(todo)} distinct texts ...", flush=True)
-        cache.update(zip([t.strip() for t in todo], det.embedder.encode(todo, show_progress=True), strict=True))
-        if args.emb_cache:
-            np.savez(args.emb_cache, texts=np.array(list(cache)), vecs=np.stack(list(cache.values())))
+    lists_file = work / "lists.pkl"
+    if lists_file.is_file():
+        cached = pickle.loads(lists_file.read_bytes())
+        clean, poison = cached["clean"], cached["poison"]
+    else:
+        retrievers = build_indexes(data, work)
+        clean, poison = clean_lists(data, work, retrievers), poison_lists(data, work, retrievers)
+        lists_file.write_bytes(pickle.dumps({"clean": clean, "poison": poison}))
+    testbed = testbed_lists(data, args.n_queries, args.n_items, args.seed)
+    ontopic = on_topic_lists(poison, data)
 
-    # features of every item, computed once: set features + the item's own embedding
-    n_set = len(FEATURE_NAMES)
-    feats: dict[str, np.ndarray] = {}
-    ys: dict[str, np.ndarray] = {}
-    rows_of: dict[str, np.ndarray] = {}
-    n_distinct: dict[str, np.ndarray] = {}
-    for c in cats:
-        print(f"features: {c} ({len(items[c])} mixtures)", flush=True)
-        f = det.features([it.question for it in items[c]], [[x.text for x in it.items] for it in items[c]], cache)
-        feats[c] = np.vstack(f)
-        ys[c] = np.concatenate([np.asarray(it.labels) for it in items[c]])
-        rows_of[c] = np.concatenate([np.full(len(it.items), it.row_id, dtype=object) for it in items[c]])
-        n_distinct[c] = np.concatenate([np.full(len(it.items), len({x.text.strip() for x in it.items}))
-                                        for it in items[c]])
-
-    def train(cs: list[str], use: list[str], item_emb: bool) -> SetDetector:
-        x = np.vstack([feats[c] if item_emb else feats[c][:, :n_set] for c in cs])
-        y = np.concatenate([ys[c] for c in cs])
-        d = SetDetector(det.embedder, item_embedding=item_emb)
-        return d.fit_matrix(x, y, model=args.model, seed=args.seed, use=use)
-
-    def predict(d: SetDetector, c: str) -> np.ndarray:
-        x = feats[c] if d.item_embedding else feats[c][:, :n_set]
-        return (d._forward(x) >= d.threshold).astype(int)
+    all_signals = ["question_echo", "answer_first", "claim_disagreement", "offensive", "sensitive"]
+    wanted = args.signals.split(",") if args.signals else None
+    head_for_signals = None if args.export_head else args.head
+    probe = CompositeDetector(head_for_signals, signals=wanted, judge=args.judge, device="cpu")
+    if args.export_head and wanted is None:
+        probe.signals = [s for s in probe.signals if s in all_signals]
+    signals = [s for s in (wanted or probe.signals) if s in all_signals]
+    det = CompositeDetector(None, signals=signals, judge=args.judge, device="cpu")
+    _load_cache(det, work)
+    for name, ls in (("clean", clean), ("poisonedrag", poison), ("testbed", testbed), ("on-topic", ontopic)):
+        compute(det, ls, work, name)
+    _save_cache(det, work)
 
     if args.export_head:
-        d = train(cats, list(FEATURE_NAMES), False)
-        if args.head_threshold is not None:
-            d.head["threshold"] = args.head_threshold
-        d.save(args.export_head)
-        w = dict(zip(FEATURE_NAMES, np.round(np.asarray(d.head["layers"][0]["w"])[:, 0], 3).tolist(), strict=True))
-        print(f"saved head ({Path(args.export_head).stat().st_size} bytes, threshold {d.head['threshold']}) "
-              f"trained on {cats} -> {args.export_head}\nstandardised weights: {w}")
+        # the deployment case: poison among real retrieved passages, and clean retrieved lists (the
+        # testbed's categories are covered by the policies and measured by the LOCO table)
+        train = [lst for lst in poison if lst.split == "dev"] + [lst for lst in clean if lst.split == "dev"]
+        x, y, pol = stack(train)
+        # each source (testbed, PoisonedRAG mixtures, clean lists) weighs as much as the others
+        src = np.concatenate([np.full(len(lst.texts), 0 if lst.set == "testbed" else 1 if lst.set.startswith("poison")
+                                      else 2) for lst in train])
+        weight = len(src) / (len(np.unique(src)) * np.bincount(src, minlength=3)[src])
+        feats = [f for f in HEAD_FEATURES if any(f in HEAD_SIGNALS[s] for s in signals if s in HEAD_SIGNALS)]
+        if "claim_disagreement" in signals:
+            feats += list(HEAD_SIGNALS["claim_disagreement"])
+        head = fit_head(x, y, feats, explained=pol >= 0.5, sample_weight=weight, seed=args.seed)
+        head["signals"] = [s for s in HEAD_SIGNALS if s in signals]
+        head["threshold"] = calibrate(head, [lst for lst in clean if lst.split == "dev"], signals)
+        head["trained_on"] = ("dev splits: PoisonedRAG mixtures (1/3/5 among 10 retrieved passages) and clean lists "
+                              "(TREC-DL top-10, HotpotQA distractor, testbed ratio 0), sources weighted equally")
+        head["calibration"] = f"threshold: smallest with <= {CLEAN_FFR_TARGET:.0%} items flagged on every clean dev set"
+        head["judge"] = str(args.judge) if "claim_disagreement" in signals else None
+        Path(args.export_head).write_text(json.dumps(head, indent=1), encoding="utf-8")
+        dev_poison = [lst for lst in poison if lst.split == "dev"]
+        print(f"saved head -> {args.export_head}: threshold {head['threshold']}, weights "
+              f"{dict(zip(feats, np.round(head['w'], 3).tolist(), strict=True))}\n"
+              f"dev poison: {poison_table(head, dev_poison, signals, head['threshold'])}")
         return 0
 
-    from sklearn.linear_model import LogisticRegression
-
-    variants = {"ours": VARIANTS["ours"]} if args.no_ablation else dict(VARIANTS)
-    if args.item_embedding_ablation:
-        variants[ITEM_EMBEDDING_VARIANT[0]] = ITEM_EMBEDDING_VARIANT[1]
-    results: dict = {"heldout": {}, "baseline": {}, "flag_all": {}, "ablation": {v: {} for v in variants if v != "ours"},
-                     "diagnostics": {}}
-
-    def diagnose(d: SetDetector, held: str, train_cats: list[str]) -> dict:
-        """Why held-out F1 is what it is: ranking quality, threshold transfer, learnability."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import roc_auc_score
-
-        y = ys[held]
-        p = d._forward(feats[held][:, :n_set])
-        grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-        oracle_t = max(grid, key=lambda t: prf(y, (p >= t).astype(int))["f1"])
-        # in-domain: train and test on disjoint halves of the held-out category's own queries
-        ids = sorted(set(rows_of[held].tolist()))
-        half = np.isin(rows_of[held], ids[::2])
-        f1s = []
-        for tr_mask in (half, ~half):
-            dd = SetDetector(det.embedder).fit_matrix(feats[held][tr_mask, :n_set], y[tr_mask],
-                                                       model=args.model, seed=args.seed)
-            f1s.append(prf(y[~tr_mask], (dd._forward(feats[held][~tr_mask, :n_set]) >= dd.threshold).astype(int))["f1"])
-        # a testbed artifact: the number of distinct items in a list follows from the pool sizes
-        # and the ratio, so a head that sees it "detects" by counting (never shipped)
-        x_art = np.vstack([np.column_stack([feats[c][:, :n_set], n_distinct[c]]) for c in train_cats])
-        y_art = np.concatenate([ys[c] for c in train_cats])
-        mu, sd = x_art.mean(0), x_art.std(0) + 1e-6
-        art = LogisticRegression(max_iter=3000).fit((x_art - mu) / sd, y_art)
-        p_tr = art.predict_proba((x_art - mu) / sd)[:, 1]
-        t_art = max(grid, key=lambda t: prf(y_art, (p_tr >= t).astype(int))["f1"])
-        p_art = art.predict_proba((np.column_stack([feats[held][:, :n_set], n_distinct[held]]) - mu) / sd)[:, 1]
-        return {"auc": round(float(roc_auc_score(y, p)), 4),
-                "oracle_threshold_f1": prf(y, (p >= oracle_t).astype(int))["f1"], "oracle_threshold": float(oracle_t),
-                "in_domain_f1": round(float(np.mean(f1s)), 4),
-                "with_distinct_count_f1": prf(y, (p_art >= t_art).astype(int))["f1"]}
-
-    by_ratio_pred: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
-    by_ratio_base: dict[float, list] = {r: [] for r in DEFAULT_RATIOS}
-    for held in cats:
-        train_cats = [c for c in cats if c != held]
-        y = ys[held]
-        for name, (use, item_emb) in variants.items():
-            d = train(train_cats, use, item_emb)
-            pred = predict(d, held)
-            row = {**prf(y, pred), "threshold": d.threshold}
-            if name == "ours":
-                results["heldout"][held] = row
-                ours_pred = pred
-                results["diagnostics"][held] = diagnose(d, held, train_cats)
-            else:
-                results["ablation"][name][held] = row
-        # baseline: per-item logistic regression on the item's MiniLM embedding (identical rows are
-        # merged with their count as sample weight: the same loss, far fewer rows)
-        xb = np.vstack([feats[c][:, n_set:] for c in train_cats])
-        yb = np.concatenate([ys[c] for c in train_cats])
-        rows, _inv, cnt = np.unique(np.column_stack([xb, yb]), axis=0, return_inverse=True, return_counts=True)
-        base = LogisticRegression(max_iter=2000, C=1.0).fit(rows[:, :-1], rows[:, -1].astype(int), sample_weight=cnt)
-        bpred = base.predict(feats[held][:, n_set:])
-        results["baseline"][held] = prf(y, bpred)
-        results["flag_all"][held] = prf(y, np.ones_like(y))
-        pos = 0
-        for it in items[held]:
-            n = len(it.items)
-            lab = np.asarray(it.labels)
-            by_ratio_pred[it.ratio].append((lab, ours_pred[pos:pos + n]))
-            by_ratio_base[it.ratio].append((lab, bpred[pos:pos + n]))
-            pos += n
-        print(f"held out {held}: ours {results['heldout'][held]}  baseline {results['baseline'][held]}", flush=True)
-        for name in results["ablation"]:
-            print(f"    {name}: f1 {results['ablation'][name][held]['f1']}", flush=True)
-
-    def pooled(rows):
-        return prf(np.concatenate([a for a, _ in rows]), np.concatenate([b for _, b in rows]))
-
-    def macro(table: dict, keep=cats) -> float:
-        return round(float(np.mean([table[c]["f1"] for c in keep])), 4)
-
-    no_priv = [c for c in cats if c != "privacy"]
-    results["macro_f1"] = macro(results["heldout"])
-    results["diagnostics_macro"] = {k: round(float(np.mean([results["diagnostics"][c][k] for c in cats])), 4)
-                                    for k in ("auc", "oracle_threshold_f1", "in_domain_f1", "with_distinct_count_f1")}
-    results["profile"] = {c: profile(items[c], cache) for c in cats}
-    results["baseline_macro_f1"] = macro(results["baseline"])
-    results["flag_all_macro_f1"] = macro(results["flag_all"])
-    if no_priv != cats:
-        results["macro_f1_without_privacy"] = macro(results["heldout"], no_priv)
-        results["baseline_macro_f1_without_privacy"] = macro(results["baseline"], no_priv)
-    results["ablation_macro_f1"] = {name: macro(t) for name, t in results["ablation"].items()}
-    results["by_ratio"] = {f"{r:.2f}": {"ours": pooled(by_ratio_pred[r]), "baseline": pooled(by_ratio_base[r])}
-                           for r in DEFAULT_RATIOS if by_ratio_pred[r]}
-    results["config"] = {"n_queries_per_category": args.n_queries, "n_items": args.n_items, "seed": args.seed,
-                         "model": args.model, "features": list(FEATURE_NAMES), "source_tags": False,
-                         "ratios": list(DEFAULT_RATIOS), "seconds": round(time.time() - t0, 1)}
+    head = probe.head
+    thr = probe.threshold
+    ev_clean = [lst for lst in clean if lst.split == args.split]
+    ev_poison = [lst for lst in poison if lst.split == args.split]
+    results: dict = {
+        "split": args.split,
+        "clean_lists": clean_table(head, ev_clean, signals, thr),
+        "poisonedrag": poison_table(head, ev_poison, signals, thr),
+        "heldout_category": loco(testbed, args.split, signals, args.seed, list(head["features"]),
+                                 [lst for lst in clean if lst.split == "dev"]),
+        "threshold": thr,
+        "signals": signals,
+    }
+    ev_on = [lst for lst in ontopic if lst.split == args.split]
+    on = poison_table(head, ev_on, signals, thr)
+    true_flags = [float(probabilities(head, lst, signals)[i] >= thr) for lst in ev_on for i in lst.meta["true_on_topic"]]
+    results["poisonedrag_on_topic"] = {
+        "recall": on["recall"], "precision": on["precision"], "false_flag_rate": on["false_flag_rate"],
+        "false_flag_rate_true_on_topic": round(float(np.mean(true_flags)), 4) if true_flags else None,
+        "lists": on["lists"],
+        "what": "3 poisoned + 2 answer-swapped true on-topic texts among 8 retrieved passages (a stress test)"}
+    # ablations: each signal switched off, same head and threshold
+    results["ablation"] = {}
+    for s in signals:
+        rest = [x for x in signals if x != s]
+        results["ablation"][f"without_{s}"] = {
+            "clean_false_flag_rate": clean_table(head, ev_clean, rest, thr)["false_flag_rate"],
+            "poison_recall": poison_table(head, ev_poison, rest, thr)["recall"]}
+    # the trade-off: recall at other thresholds
+    results["tradeoff"] = {f"{t:.2f}": {"clean_false_flag_rate": clean_table(head, ev_clean, signals, t)["false_flag_rate"],
+                                        "poison_recall": poison_table(head, ev_poison, signals, t)["recall"],
+                                        "poison_precision": poison_table(head, ev_poison, signals, t)["precision"]}
+                           for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) }
+    results["config"] = {"head": args.head, "judge": args.judge, "n_queries_per_category": args.n_queries,
+                         "n_items": args.n_items, "seed": args.seed, "seconds": round(time.time() - t0, 1),
+                         "offensive_backend": det.offensive.backend if det.offensive else None,
+                         "corpus": "ctxkit HybridRetriever (MiniLM + BM25), top 10: HotpotQA questions over the 4920 "
+                                   "HotpotQA distractor paragraphs, MS MARCO and NQ questions over the 5000 TREC-DL "
+                                   "2019 passages"}
     results["machine"] = machine()
     write_json(args.out, results, indent=1)
-    print(f"macro F1 ours {results['macro_f1']}  baseline {results['baseline_macro_f1']}  "
-          f"ablations {results['ablation_macro_f1']}  -> {args.out}")
+    if args.answers:  # slow: the tables above are already written
+        results["answers"] = answers_eval(ev_poison, args.answers, thr, head, signals, args.max_new_tokens)
+        results["config"]["seconds"] = round(time.time() - t0, 1)
+        write_json(args.out, results, indent=1)
+    print(f"clean FFR {results['clean_lists']['false_flag_rate']}  poison recall {results['poisonedrag']['recall']} "
+          f"precision {results['poisonedrag']['precision']}  LOCO macro F1 {results['heldout_category']['macro_f1']} "
+          f"(flag-all {results['heldout_category']['flag_all_macro_f1']})  -> {args.out}")
     return 0
 
 

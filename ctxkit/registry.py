@@ -53,6 +53,7 @@ BUILTIN_STAGES: dict[str, str] = {
     "faithful_rag": "ctxkit.faithfulness.faithfulrag.stages:FaithfulRAG",
     # Rescorla-Wagner steering
     "rw_steering": "ctxkit.faithfulness.steering.stage:SteeringFilter",
+    "isolate_aggregate": "ctxkit.faithfulness.steering.isolate:IsolateAggregate",
     # generation
     "generate": "ctxkit.llm.stage:GenerateAnswer",
 }

@@ -97,6 +97,30 @@ def test_two_stage_training_lowers_loss_and_resumes(tiny_llm_dir: Path, tmp_path
     assert len(det.last_outputs) == 2
 
 
+def test_bf16_training_keeps_fp32_master_weights(tiny_llm_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """bf16=True is autocast over float32 weights, even where the device's default dtype is bf16
+    (emulated here: "auto" resolves to bfloat16 as it does on CUDA)."""
+    import torch
+    from safetensors.torch import load_file
+
+    import ctxkit.models
+
+    real = ctxkit.models.resolve_dtype
+    monkeypatch.setattr(ctxkit.models, "resolve_dtype",
+                        lambda device, dtype="auto": torch.bfloat16 if dtype == "auto" else real(device, dtype))
+    items = build_testbed(pools(), n_items=4, ratios=[0.25, 0.5], seed=0)
+    cfg = SteerTrainConfig(model=str(tiny_llm_dir), output_dir=str(tmp_path / "bf16"), max_steps_stage1=2,
+                           stage2_epochs=0, learning_rate=1e-2, batch_size=2, device="cpu", bf16=True,
+                           show_progress=False, max_length=512)
+    res = train_rw_steering(cfg, build_sft_examples(items))
+    trained = load_file(str(Path(res["final_dir"]) / "model.safetensors"))
+    base = load_file(str(tiny_llm_dir / "model.safetensors"))
+    assert {t.dtype for t in trained.values()} == {torch.float32}
+    assert res["precision"] == {"weights": "float32", "compute": "bfloat16 autocast"}
+    changed = [k for k in base if not torch.equal(base[k], trained[k])]
+    assert changed  # the steps really updated float32 weights (not lost to bf16 rounding)
+
+
 def test_lora_training_merges(tiny_llm_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("peft")
     items = build_testbed(pools(), n_items=4, ratios=[0.25, 0.5], seed=0)
@@ -139,11 +163,42 @@ def test_susceptibility_curves_and_rw_fit(minilm, tmp_path: Path) -> None:
     assert c["cleanliness"][0] > c["cleanliness"][-1] + 20
     assert c["cleanliness"][0] >= 90
     rw = res.fit_rw()
-    assert np.isfinite(rw.r2) and rw.scale == 100.0
+    assert rw.scale == 100.0
+    # the fitted curves follow the measured ones: more inappropriate content as the ratio grows
+    assert rw.fitted["inappropriate"][-1] > rw.fitted["inappropriate"][0] + 20
+    assert rw.fitted["appropriate"][0] > rw.fitted["appropriate"][-1] + 20
     summary = res.summary()
     assert set(summary["by_category"]) == {"toy"}
     res.save(tmp_path / "answers.jsonl")
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == len(items)
+
+
+def test_rw_fit_of_measured_answers_recovers_known_parameters() -> None:
+    """Answers whose consistency / cleanliness follow a known RW model (plus judge noise): the fit
+    through SusceptibilityResult (grouping, 100 - cleanliness, 0..100 scale) recovers the rates."""
+    from ctxkit.faithfulness.steering import (
+        DEFAULT_RATIOS,
+        RWParams,
+        SusceptibilityResult,
+        predict_curves,
+    )
+    from ctxkit.faithfulness.steering.susceptibility import AnswerRecord
+
+    true = RWParams(0.05, 0.15, 0.35)
+    ratios = list(DEFAULT_RATIOS)
+    clean = predict_curves(true, ratios)
+    rng = np.random.default_rng(1)
+    records = [
+        AnswerRecord(id=f"{k}-{j}", category="toy", ratio=r, answer="",
+                     consistency=float(100 * clean["appropriate"][k] + rng.normal(0, 2)),
+                     cleanliness=float(100 * (1 - clean["inappropriate"][k]) + rng.normal(0, 2)))
+        for k, r in enumerate(ratios) for j in range(8)
+    ]
+    rw = SusceptibilityResult(records=records, n_items=20).fit_rw(fit_mapping=False, n_orders=32)
+    assert rw.scale == 100.0 and rw.r2 > 0.98
+    assert rw.params.alpha_appropriate == pytest.approx(0.15, rel=0.25)
+    assert rw.params.alpha_inappropriate == pytest.approx(0.35, rel=0.25)
+    assert rw.params.alpha_inappropriate / rw.params.alpha_appropriate == pytest.approx(0.35 / 0.15, rel=0.15)
 
 
 def test_llm_judge_parses_ratings() -> None:

@@ -6,9 +6,13 @@ Modules:
 * ``rescorla_wagner``: the RW model of how a model incorporates context; simulate and fit
   (exported here as :func:`fit_rescorla_wagner` and :func:`simulate_rescorla_wagner`).
 * ``susceptibility``: answer a testbed with a generator, judge the answers, fit RW.
-* ``detectors``: inappropriate-item detectors (:class:`SetDetector`, the packaged head of
+* ``signals``, ``policies``, ``composite``: the default detector, :class:`CompositeDetector`
+  (question echo, answer-first shape, claim disagreement through the claim judge, beliefs, the
+  :class:`OffensiveLanguagePolicy` / :class:`SensitiveInfoPolicy` content policies, an LLM option).
+* ``detectors``: the older detectors (:class:`SetDetector`, the packaged set head of
   :func:`default_detector`, :class:`LLMDetector`).
-* ``stage``: the :class:`SteeringFilter` pipeline stage (``rw_steering``).
+* ``stage``: the :class:`SteeringFilter` pipeline stage (``rw_steering``; annotates by default).
+* ``isolate``: :class:`IsolateAggregate` (``isolate_aggregate``), isolate-then-aggregate answering.
 * ``train``: two-stage RW-Steering fine-tuning (transformers ``Trainer``, optional LoRA).
 * ``prompts``: the prompt and reply formats of fine-tuning and identification; light (no torch
   or transformers), so scripts outside ctxkit's stages can reuse them.
@@ -28,13 +32,17 @@ __all__ = [
     "FEATURE_NAMES",
     "IDENTIFY_TEMPLATE",
     "STEER_TEMPLATE",
+    "CompositeDetector",
     "ContextItem",
     "EmbeddingJudge",
+    "IsolateAggregate",
     "LLMDetector",
     "LLMJudge",
+    "OffensiveLanguagePolicy",
     "PoolRow",
     "RWFit",
     "RWParams",
+    "SensitiveInfoPolicy",
     "SetDetector",
     "SteerExample",
     "SteerTrainConfig",
@@ -91,6 +99,10 @@ _LAZY: dict[str, str] = {
     "default_detector": "ctxkit.faithfulness.steering.detectors",
     "set_features": "ctxkit.faithfulness.steering.detectors",
     "SteeringFilter": "ctxkit.faithfulness.steering.stage",
+    "CompositeDetector": "ctxkit.faithfulness.steering.composite",
+    "IsolateAggregate": "ctxkit.faithfulness.steering.isolate",
+    "OffensiveLanguagePolicy": "ctxkit.faithfulness.steering.policies",
+    "SensitiveInfoPolicy": "ctxkit.faithfulness.steering.policies",
     "SteerExample": "ctxkit.faithfulness.steering.train",
     "SteerTrainConfig": "ctxkit.faithfulness.steering.train",
     "build_sft_examples": "ctxkit.faithfulness.steering.train",
@@ -107,7 +119,10 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .composite import CompositeDetector
     from .detectors import FEATURE_NAMES, LLMDetector, SetDetector, default_detector, set_features
+    from .isolate import IsolateAggregate
+    from .policies import OffensiveLanguagePolicy, SensitiveInfoPolicy
     from .prompts import (
         IDENTIFY_TEMPLATE,
         STEER_TEMPLATE,

@@ -11,7 +11,7 @@ probability of "inappropriate" per item):
   :func:`set_features`). Exact duplicates are merged first, so how often an item is repeated is
   not a signal. The head (a standardiser and a logistic regression or MLP) is trained with
   scikit-learn and saved as a small JSON file; :func:`default_detector` loads the one shipped
-  with ctxkit (trained on the public RW-Steering pools by ``benchmarks/steering.py
+  with ctxkit (trained on the public RW-Steering pools by ``benchmarks/steering_set.py
   --export-head``).
 * :class:`LLMDetector` — asks a generator to name the inappropriate items
   (``"inappropriate: 2, 5; use: 1, 3, 4"``), one batched generator call for all lists; with a
@@ -392,7 +392,7 @@ def _check_head(head: dict[str, Any], where: str = "head") -> dict[str, Any]:
     if unknown or not head.get("features"):
         raise ModelNotAvailableError(
             f"detector {where} was trained on features {unknown or '[]'} that this ctxkit version does not "
-            "compute; retrain it with `python benchmarks/steering.py --export-head <path>`"
+            "compute; retrain it with `python benchmarks/steering_set.py --export-head <path>`"
         )
     return head
 
@@ -416,7 +416,7 @@ def default_detector(threshold: float | None = None) -> SetDetector:
     except (FileNotFoundError, OSError) as exc:
         raise ModelNotAvailableError(
             "the packaged steering detector head is missing; train one with "
-            "`python benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/steering_head.json`"
+            "`python benchmarks/steering_set.py --export-head ctxkit/faithfulness/steering/data/steering_head.json`"
         ) from exc
     head = json.loads(text)
     return SetDetector(head.get("embedder", "default"), head, threshold=threshold)
