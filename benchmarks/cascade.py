@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
-import math
 import os
 import random
 import statistics
@@ -62,84 +62,208 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# simulation
+# simulation: a gain the ranking stage has to earn
 # ---------------------------------------------------------------------------------------------
-SIM = {"train_queries": 300, "test_queries": 200, "candidates": 30, "pool": 15, "shown": 5,
-       "lists_per_query": 4, "trait_rate": 0.3, "w_visible": 0.3, "w_trait": 1.0, "noise": 0.5}
+SIM = {
+    "candidates": "the 10 paragraphs of each HotpotQA distractor question (2 supporting, 8 distractors)",
+    "shown": 5, "lists_per_query": 4, "explore_swap": 0.4, "trait_rate": 0.3,
+    "use_base": 0.05, "use_support": 0.3, "use_reliable": 0.5,
+    "examination": [0.1, 0.15, 0.25, 0.5, 1.0], "arrangement": "best_last",
+    "split": "query-level, sha1('hotpotqa-sim:' + id): 60% train, 40% test",
+    "dev_seeds": [1000, 1001, 1002], "ranker": {"epochs": 150},
+}
+# How a passage's source reads. Reliable sources are what the simulated reader uses; the semantic
+# pre-ranker cannot tell them apart (they say nothing about the question). Train and test queries
+# use DIFFERENT phrasings, so the ranker has to learn what reliability looks like, not strings.
+RELIABLE = {
+    "train": ["Source: a peer-reviewed encyclopedia entry checked by its editors.",
+              "From an official national archive record.",
+              "Verified by the reference desk of a national library.",
+              "Source: a scholarly reference book with citations."],
+    "test": ["Fact-checked by a professional editorial team.",
+             "From the published records of a government statistics office.",
+             "Source: an academic handbook reviewed by experts.",
+             "Citation: an edited and verified reference work."],
+}
+UNRELIABLE = {
+    "train": ["Source: an anonymous forum post.",
+              "Shared on social media without any source.",
+              "From a personal blog; nobody checked it.",
+              "Source: a rumour repeated in a comment thread."],
+    "test": ["Posted by an unverified user account.",
+             "From a chain message of unknown origin.",
+             "Source: a gossip website.",
+             "Copied from an unsourced discussion page."],
+}
 
 
-def _position_weight(pos: int) -> float:
-    return 1.0 / math.log2(pos + 2)
+def _sim_split(qid: str) -> str:
+    """The simulation's query split: a stable hash of the question id (60% train, 40% test)."""
+    h = int(hashlib.sha1(f"hotpotqa-sim:{qid}".encode()).hexdigest()[:8], 16)
+    return "train" if h % 10 < 6 else "test"
 
 
-def _sim_queries(rng: np.random.Generator, n: int, tag: str) -> list[dict]:
+def _sim_texts(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Per question: its candidates in two versions (reliable / unreliable source line), and all texts."""
+    queries, texts = [], []
+    for r in rows:
+        if not r.get("context"):
+            continue
+        split = _sim_split(r["_id"])
+        support = {t for t, _ in r["supporting_facts"]}
+        cands = []
+        for j, (title, sents) in enumerate(r["context"]):
+            body = f"{title}: {sents[0].strip()}"  # the first sentence (embedding cost)
+            k = int(hashlib.sha1(f"{r['_id']}:{title}".encode()).hexdigest()[:4], 16)
+            versions = [f"{UNRELIABLE[split][k % 4]} {body}", f"{RELIABLE[split][k % 4]} {body}"]
+            texts += versions
+            cands.append({"id": f"{r['_id']}#{j}", "versions": versions, "support": float(title in support)})
+        queries.append({"id": r["_id"], "query": r["question"], "split": split, "cands": cands})
+        texts.append(r["question"])
+    return queries, texts
+
+
+def _use_prob(p: Passage) -> float:
+    """Probability that the reader uses an item it examined (the item's usefulness)."""
+    return SIM["use_base"] + SIM["use_support"] * p.metadata["_support"] + SIM["use_reliable"] * p.metadata["_reliable"]
+
+
+def _sim_state(q: dict, reliable: np.ndarray, memo: _MemoEmbedder) -> ContextState:
+    """The pre-ranked candidates of one question (bi-encoder cosine of question and shown text)."""
+    texts = [c["versions"][int(f)] for c, f in zip(q["cands"], reliable, strict=True)]
+    emb = memo.encode([q["query"], *texts])
+    cos = emb[1:] @ emb[0]
+    ps = [Passage(id=c["id"], text=t, scores={"bi_encoder": float(s)},
+                  metadata={"_support": c["support"], "_reliable": float(f)})
+          for c, t, s, f in zip(q["cands"], texts, cos, reliable, strict=True)]
+    ps.sort(key=lambda p: -p.scores["bi_encoder"])
+    return ContextState(query=q["query"], passages=ps)
+
+
+def _hide(states: list[ContextState]) -> list[ContextState]:
+    """Copies without the simulator's truth (what the ranker and the store may see)."""
     out = []
-    for q in range(n):
-        vis = rng.normal(size=SIM["candidates"])
-        trait = (rng.random(SIM["candidates"]) < SIM["trait_rate"]).astype(float)
-        out.append({"query": f"{tag} {q}", "visible": vis, "trait": trait})
+    for s in states:
+        c = s.model_copy(deep=True)
+        for p in c.passages:
+            p.metadata = {}
+        out.append(c)
     return out
 
 
-def _sim_candidates(q: dict) -> list[Passage]:
-    """The pre-ranker's top ``pool`` (by visible relevance, plus its own estimation noise)."""
-    order = np.argsort(-q["visible"], kind="stable")[: SIM["pool"]]
-    return [Passage(id=f"{q['query']}#{i}", text=f"item {i}", metadata={"trait": float(q["trait"][i]), "i": int(i)},
-                    scores={"prerank": float(q["visible"][i])}) for i in order]
+def _expected_use(shown: list[Passage], truth: dict[str, Passage]) -> float:
+    """Expected number of items the reader uses from a shown list (examination x usefulness)."""
+    ex = SIM["examination"]
+    return float(sum(ex[min(j, len(ex) - 1)] * _use_prob(truth[p.id]) for j, p in enumerate(shown)))
 
 
-def _usefulness(q: dict, p: Passage) -> float:
-    i = p.metadata["i"]
-    return SIM["w_visible"] * q["visible"][i] + SIM["w_trait"] * q["trait"][i]
+SIM_POLICIES = ("preranked", "trained", "trained_undebiased", "trained_uniform", "trained_known_propensities",
+                "placebo", "oracle")
+#: the rankers a run may leave out (``--sim-rankers``); pre-ranked and oracle cost nothing
+SIM_RANKERS = ("trained", "trained_undebiased", "trained_uniform", "trained_known_propensities", "placebo")
 
 
-def _list_value(q: dict, shown: list[Passage]) -> float:
-    return sum(_position_weight(k) * _usefulness(q, p) for k, p in enumerate(shown))
+def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
+             rankers_run: tuple[str, ...] = SIM_RANKERS) -> dict:
+    """The earned simulation (see the module docstring and ``SIM``); skips without HotpotQA.
 
+    ``rankers_run``: the trained policies to run (each is a fit per seed; the others are skipped).
+    """
+    from ctxkit.models import get_embedder
+    from ctxkit.rankers import Arranger
 
-def simulate(seeds: int, workdir: Path) -> dict:
-    res = {"preranked": [], "trained": [], "placebo": [], "oracle": []}
-    for seed in range(seeds):
+    path = data / "hotpotqa" / "hotpot_dev_distractor_500.jsonl"
+    if not path.exists():
+        data_missing("cascade --parts sim", path)
+        return {}
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    queries, texts = _sim_texts(rows)
+    memo = _MemoEmbedder(get_embedder("default", device=device))
+    cache = workdir / "sim_embeddings.npz"  # the vectors depend only on the texts: reuse them
+    if cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        memo.cache.update(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+    t0 = time.perf_counter()
+    memo.encode(texts)  # every text once (both versions of every paragraph, every question)
+    np.savez(cache, texts=np.array(list(memo.cache)), vectors=np.stack(list(memo.cache.values())))
+    log(f"sim: {len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s")
+    train = [q for q in queries if q["split"] == "train"]
+    test = [q for q in queries if q["split"] == "test"]
+    arranger = Arranger(strategy=SIM["arrangement"])
+    n_show = SIM["shown"]
+    policies = tuple(k for k in SIM_POLICIES if k not in SIM_RANKERS or k in rankers_run)
+    res: dict[str, list[float]] = {k: [] for k in policies}
+    thetas = []
+    for seed in seeds:
         rng = np.random.default_rng(seed)
-        train, test = _sim_queries(rng, SIM["train_queries"], "train"), _sim_queries(rng, SIM["test_queries"], "test")
-        store = FeedbackStore(workdir / f"sim_{seed}.sqlite")
-        logged: list[tuple[ContextState, float]] = []
+        states = {q["id"]: _sim_state(q, rng.random(len(q["cands"])) < SIM["trait_rate"], memo) for q in queries}
+        truth = {p.id: p for s in states.values() for p in s.passages}
+        store_path = workdir / f"sim_{seed}.sqlite"
+        store_path.unlink(missing_ok=True)  # a store left by an earlier run would add its lists
+        store = FeedbackStore(store_path)
         with store.transaction():
             for q in train:
-                cands = _sim_candidates(q)
-                for _ in range(SIM["lists_per_query"]):  # exploration: random subsets in random order
-                    shown = [cands[j] for j in rng.choice(len(cands), SIM["shown"], replace=False)]
-                    st = ContextState(query=q["query"], passages=shown)
-                    reward = _list_value(q, shown) + rng.normal(scale=SIM["noise"])
-                    store.record_list(st, source="simulated")
-                    store.record_event(st.trace.list_id, float(reward))
-                    logged.append((st, float(reward)))
+                cands = _hide([states[q["id"]]])[0].passages  # pre-ranked, best first
+                m = min(n_show, len(cands))  # a few questions have fewer paragraphs than shown slots
+                for _ in range(SIM["lists_per_query"]):
+                    # the production ranking (pre-ranked top 5) with exploration: each slot is swapped
+                    # for a random unshown candidate with probability explore_swap
+                    idx = list(range(m))
+                    rest = list(rng.permutation(np.arange(m, len(cands))))
+                    for j in range(m):
+                        if rest and rng.random() < SIM["explore_swap"]:
+                            idx[j] = int(rest.pop())
+                    shown = ContextState(query=q["query"], passages=[cands[i].model_copy(deep=True) for i in sorted(idx)])
+                    arranger([shown])  # best_last: what the reader sees, weakest first
+                    ex = np.asarray(SIM["examination"])[: len(shown.passages)]
+                    looked = rng.random(len(ex)) < ex
+                    used = rng.random(len(ex)) < np.array([_use_prob(truth[p.id]) for p in shown.passages])
+                    store.record_list(shown, source="simulated")
+                    store.record_event(shown.trace.list_id, float(np.sum(looked & used)))  # items used
         lists = store.lists()
         rewards = [sl.reward for sl in lists]
         perm = np.random.default_rng(seed + 1000).permutation(len(rewards))
-        placebo_lists = [ShownList(sl.list_id, sl.query, sl.items, [rewards[j]]) for sl, j in zip(lists, perm, strict=True)]
-        settings = {"k": SIM["shown"], "use_embeddings": False, "metadata_features": ["trait"], "epochs": 60,
-                    "seed": seed}
-        trained, placebo = FeedbackRanker(**settings), FeedbackRanker(**settings)
-        trained.fit(lists)
-        placebo.fit(placebo_lists)
-
-        def value(ranker: FeedbackRanker | None, test: list[dict] = test) -> float:
-            states = [ContextState(query=q["query"], passages=_sim_candidates(q)) for q in test]
-            if ranker is not None:
-                ranker(states)
-            return float(np.mean([_list_value(q, s.passages[: SIM["shown"]]) for q, s in zip(test, states, strict=True)]))
-
-        oracle = float(np.mean([_list_value(q, sorted(_sim_candidates(q), key=lambda p: -_usefulness(q, p))[: SIM["shown"]]) for q in test]))
-        row = {"preranked": value(None), "trained": value(trained), "placebo": value(placebo), "oracle": oracle}
-        for k, v in row.items():
-            res[k].append(v)
-        log(f"sim seed {seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()))
-    out = {k: round(statistics.fmean(v), 4) for k, v in res.items()}
-    out.update({f"{k}_std": round(statistics.stdev(v), 4) for k, v in res.items()})
-    out["seeds"] = seeds
+        shuffled = [ShownList(sl.list_id, sl.query, sl.items, [rewards[j]]) for sl, j in zip(lists, perm, strict=True)]
+        base = {"k": n_show, "use_embeddings": True, "seed": seed, **SIM["ranker"]}
+        rankers = {
+            "trained": (FeedbackRanker(**base), lists),
+            "trained_undebiased": (FeedbackRanker(**base, credit="dcg"), lists),
+            "trained_uniform": (FeedbackRanker(**base, credit="uniform"), lists),
+            "trained_known_propensities": (FeedbackRanker(**base, position_weights=SIM["examination"]), lists),
+            "placebo": (FeedbackRanker(**base), shuffled),
+        }
+        rankers = {k: v for k, v in rankers.items() if k in rankers_run}
+        row: dict[str, float] = {}
+        test_states = _hide([states[q["id"]] for q in test])
+        for name, (ranker, data_lists) in rankers.items():
+            ranker._emb = memo  # the cached MiniLM vectors (same model, no re-encoding)
+            ranker.fit(data_lists)
+            ranked = arranger(ranker([s.model_copy(deep=True) for s in test_states]))
+            row[name] = statistics.fmean(_expected_use(s.passages, truth) for s in ranked)
+        thetas.append(rankers["trained"][0].position_effects if "trained" in rankers else [])
+        pre = arranger([ContextState(query=s.query, passages=s.passages[:n_show]) for s in _hide(test_states)])
+        row["preranked"] = statistics.fmean(_expected_use(s.passages, truth) for s in pre)
+        best = [sorted(s.passages, key=lambda p: -_use_prob(truth[p.id]))[:n_show] for s in test_states]
+        orc = arranger([ContextState(query="o", passages=b) for b in best])
+        row["oracle"] = statistics.fmean(_expected_use(s.passages, truth) for s in orc)
+        for k in policies:
+            res[k].append(row[k])
+        log(f"sim seed {seed}: " + ", ".join(f"{k}={row[k]:.4f}" for k in policies)
+            + f"; estimated propensities {np.round(thetas[-1], 2).tolist()}")
+    out: dict = {k: round(statistics.fmean(v), 4) for k, v in res.items()}
+    out.update({f"{k}_std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0 for k, v in res.items()})
+    out["seeds"] = list(seeds)
     out["per_seed"] = {k: [round(x, 4) for x in v] for k, v in res.items()}
+    out["estimated_propensities"] = [[round(x, 3) for x in t] for t in thetas]
     out["setup"] = SIM
+    out["queries"] = {"train": len(train), "test": len(test)}
+    # how little the pre-ranker sees of what the reader values: its score vs the source trait
+    sc = np.array([p.scores["bi_encoder"] for s in states.values() for p in s.passages])
+    rel = np.array([p.metadata["_reliable"] for s in states.values() for p in s.passages])
+    sup = np.array([p.metadata["_support"] for s in states.values() for p in s.passages])
+    out["prerank_corr"] = {"reliable_source": round(float(np.corrcoef(sc, rel)[0, 1]), 4),
+                           "supporting": round(float(np.corrcoef(sc, sup)[0, 1]), 4)}
     return out
 
 
@@ -267,9 +391,19 @@ def fit_head(src: Path, out: Path, corpus_texts: list[str], n_queries: int = 40,
 
 
 def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_cands: int = 50, repeats: int = 2,
-          per_query: bool = False, force_bf16: bool = False, head: str = "fitted") -> dict:
+          per_query: bool = False, force_bf16: bool = False, head: str = "fitted", model_dir: Path | None = None,
+          peers: bool = True) -> dict:
+    """Cross-encoder speed table: ctxkit fp32 and (where native, or forced) bf16 in the SAME run,
+    int8 on CPU, the LangChain / LlamaIndex peers when installed; top-10 overlaps.
+
+    Args:
+        model_dir: A cross-encoder to time instead of the MiniLM-architecture one built here
+            (tests pass a tiny one; ``head`` is then ignored).
+        peers: Time the LangChain / LlamaIndex peers when they are installed.
+    """
     import torch
 
+    from ctxkit.models import cpu_has_native_bf16
     from ctxkit.rankers import CrossEncoderPreRanker
 
     folder = data / "retrieval" / "msmarco_trecdl2019" if data else None
@@ -297,10 +431,13 @@ def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_
         cands = [[(f"q{q}d{j}", " ".join(rng.choices(vocab, k=rng.randint(40, 90)))) for j in range(n_cands)] for q in range(n_queries)]
         source = "synthetic"
     _SPEED_TEXTS[:] = [t for c in cands for _, t in c]
-    model_dir = make_cross_encoder(workdir / "minilm_cross_encoder")
-    if head == "fitted":
-        model_dir = fit_head(model_dir, workdir / "minilm_cross_encoder_fitted", texts if source != "synthetic"
-                             else _SPEED_TEXTS)
+    if model_dir is None:
+        model_dir = make_cross_encoder(workdir / "minilm_cross_encoder")
+        if head == "fitted":
+            model_dir = fit_head(model_dir, workdir / "minilm_cross_encoder_fitted", texts if source != "synthetic"
+                                 else _SPEED_TEXTS)
+    else:
+        head = f"given model {Path(model_dir).name}"
     out: dict = {"queries": len(qtexts), "candidates": n_cands, "source": source, "device": device,
                  "torch_threads": torch.get_num_threads(), "head": head}
     tops: dict[str, list[list[str]]] = {}
@@ -337,6 +474,8 @@ def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_
 
     # peers (optional)
     try:
+        if not peers:
+            raise ImportError("peers not requested")
         from langchain_classic.retrievers import ContextualCompressionRetriever
         from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
         from langchain_community.cross_encoders import HuggingFaceCrossEncoder
@@ -355,6 +494,8 @@ def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_
     except ImportError as exc:
         log(f"LangChain peer skipped: {exc}")
     try:
+        if not peers:
+            raise ImportError("peers not requested")
         from llama_index.core.postprocessor import SentenceTransformerRerank
         from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
@@ -373,8 +514,10 @@ def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_
 
     timed("ctxkit_fp32", ctxkit_fn("fp32"))
     fast = "fp16" if device.startswith("cuda") else "bf16"
-    native_bf16 = device.startswith("cuda") or bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    out["cpu_native_bf16"] = native_bf16
+    native_bf16 = device.startswith("cuda") or cpu_has_native_bf16()
+    out["cpu_native_bf16"] = cpu_has_native_bf16()
+    # what CrossEncoderPreRanker(precision="auto"), the default, runs on this machine
+    out["auto_precision"] = CrossEncoderPreRanker(model=str(model_dir), device=device).effective_precision
     if native_bf16 or force_bf16:
         timed(f"ctxkit_{fast}", ctxkit_fn(fast))
     else:
@@ -396,6 +539,10 @@ def speed(data: Path | None, workdir: Path, device: str, n_queries: int = 50, n_
 
     for v in variants:
         out[f"overlap@10_{v}"] = overlap(tops[f"ctxkit_{v}"])
+        # against ctxkit's own fp32 run of the same stage, same run: what the precision alone changes
+        out[f"overlap@10_vs_fp32_{v}"] = round(statistics.fmean(
+            len(set(x[:10]) & set(y[:10])) / 10 for x, y in zip(tops[f"ctxkit_{v}"], tops["ctxkit_fp32"], strict=True)), 4)
+        out[f"speedup_vs_fp32_{v}"] = round(out[f"ctxkit_{v}_qps"] / out["ctxkit_fp32_qps"], 2)
     # ctxkit's figure: the fastest of its variants whose top-10 overlap with the fp32 peer is >= 0.9
     ok = [v for v in variants if out.get(f"overlap@10_{v}", 0) >= 0.9]
     best = max(ok or ["fp32"], key=lambda v: out[f"ctxkit_{v}_qps"])
@@ -600,10 +747,12 @@ def _demo_text(r: dict) -> str:
     return f"{r['question']}{opts}\nAnswer: {r['answer']}"
 
 
-def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int, demos: int, paths: int) -> dict:
+def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int, demos: int, paths: int,
+         generator: str = "default") -> dict:
     import bm25s
 
-    from ctxkit.llm import get_generator
+    from ctxkit.llm import build_generator, get_generator
+    from ctxkit.llm.base import require_scoring
     from ctxkit.rankers import (
         BiEncoderPreRanker,
         PreferenceTemplate,
@@ -611,6 +760,10 @@ def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int
         llm_preference_labels,
     )
 
+    # option scoring and preference labels need log-likelihoods: check before any work
+    spec = json.loads(generator) if generator.lstrip().startswith("{") else None
+    gen = build_generator(spec) if spec else get_generator(generator, device=device, batch_size=8)
+    require_scoring(gen, "the MMLU harness (option scoring and LLM-preference labels)")
     folder = data / "mmlu"
     dev, test = [], []
     for f in sorted((folder / "dev").glob("*.csv")):
@@ -637,7 +790,6 @@ def mmlu(data: Path, workdir: Path, device: str, n: int, n_train: int, seed: int
     pre = BiEncoderPreRanker(k=10, device=device)
     q_states = pre(matched(questions))
     t_states = pre(matched(train_q))
-    gen = get_generator("default", device=device, batch_size=8)
     mk = {"generator": gen, "answer_mode": "options", "template": MMLU_TEMPLATE, "passage_format": "{text}"}
 
     def accuracy(states: list[ContextState], k_items: int | None, n_paths: int = 1) -> float:
@@ -684,14 +836,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(data_root()), help="the shared data folder (retrieval/, hotpotqa/, mmlu/)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU speed run: --device cuda --parts speed --repeats 5)")
     ap.add_argument("--workdir", default=None, help="cache folder for indexes/models (default: a temp dir)")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=5, help="simulation seeds 0..N-1 (the reported table)")
+    ap.add_argument("--sim-rankers", default=",".join(SIM_RANKERS),
+                    help="trained policies of the simulation, comma-separated (each is one fit per seed; "
+                         "default all: " + ",".join(SIM_RANKERS) + ")")
+    ap.add_argument("--sim-dev", action="store_true",
+                    help="run the simulation on its development seeds (SIM['dev_seeds']) instead")
     ap.add_argument("--mmlu-n", type=int, default=100)
     ap.add_argument("--mmlu-train", type=int, default=40)
     ap.add_argument("--mmlu-demos", type=int, default=3)
     ap.add_argument("--mmlu-paths", type=int, default=3)
+    ap.add_argument("--mmlu-generator", default="default",
+                    help='model name/path, or a generator spec as JSON, e.g. \'{"backend": "openai", '
+                         '"base_url": "http://127.0.0.1:8000/v1", "tokenizer": "default"}\' (its server '
+                         'must return prompt log-probabilities; checked before any work)')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed-queries", type=int, default=50, help="queries in the speed part (50 candidates each)")
     ap.add_argument("--force-bf16", action="store_true", help="time bf16 on a CPU without native bf16 too")
+    ap.add_argument("--prerank-setting", default=None, metavar="K=V,...",
+                    help="trecdl part: reuse a pre-ranker setting chosen earlier on HotpotQA dev (e.g. "
+                         "keep_previous=0.5,prf_depth=3,prf_weight=1.0) instead of selecting it again")
     ap.add_argument("--head", default="fitted", choices=["fitted", "untrained"],
                     help="speed part: cross-encoder head (see fit_head; untrained = near-tied scores)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per system in the speed part (best kept)")
@@ -707,7 +871,14 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         t0 = time.perf_counter()
         if part == "sim":
-            results["simulation"] = simulate(args.seeds, workdir)
+            rankers_run = tuple(r.strip() for r in args.sim_rankers.split(",") if r.strip())
+            unknown = sorted(set(rankers_run) - set(SIM_RANKERS))
+            if unknown:
+                ap.error(f"unknown --sim-rankers {unknown}; choose from {', '.join(SIM_RANKERS)}")
+            if args.sim_dev:  # the seeds used while developing; the reported table uses 0..seeds-1
+                results["simulation_dev"] = simulate(SIM["dev_seeds"], workdir, data, args.device, rankers_run)
+            else:
+                results["simulation"] = simulate(list(range(args.seeds)), workdir, data, args.device, rankers_run)
         elif part == "speed":
             results["speed" if args.device == "cpu" else f"speed_{args.device.split(':')[0]}"] = speed(
                 data if have_data else None, workdir, args.device, n_queries=args.speed_queries, repeats=args.repeats,
@@ -716,14 +887,20 @@ def main(argv: list[str] | None = None) -> int:
             if not have_data:
                 data_missing(f"cascade --parts {part}", data)
                 continue
-            if part == "trecdl":
+            if part == "trecdl" and args.prerank_setting:
+                # a setting chosen earlier on HotpotQA dev (see benchmarks/README.md), reused as it is
+                chosen = {k: float(v) if "." in v else int(v)
+                          for k, v in (kv.split("=") for kv in args.prerank_setting.split(","))}
+                results["trecdl"] = trecdl(data, workdir, args.device, chosen=chosen)
+                results["trecdl"]["hotpot_dev_selection"] = "reused: --prerank-setting " + args.prerank_setting
+            elif part == "trecdl":
                 # the pre-ranker setting is selected on HotpotQA dev first, then applied unchanged
                 dev = hotpot_dev(data, workdir, args.device)
                 results["trecdl"] = trecdl(data, workdir, args.device, chosen=dev["chosen"])
                 results["trecdl"]["hotpot_dev_selection"] = dev
             else:
                 results["mmlu"] = mmlu(data, workdir, args.device, args.mmlu_n, args.mmlu_train, args.seed,
-                                       args.mmlu_demos, args.mmlu_paths)
+                                       args.mmlu_demos, args.mmlu_paths, args.mmlu_generator)
         else:
             ap.error(f"unknown part {part!r}")
         results.setdefault("seconds", {})[part] = round(time.perf_counter() - t0, 1)

@@ -17,6 +17,7 @@ from ctxkit.rankers import (
     FeedbackRanker,
     FeedbackStore,
     ReasonAggregate,
+    ShownList,
     arrange_order,
     llm_preference_labels,
     parse_answer,
@@ -94,6 +95,66 @@ def test_cross_encoder_bf16_close_to_fp32_and_config_roundtrip(tiny_cross_encode
     assert not np.array_equal(a, b)  # bf16 autocast really ran
     with pytest.raises(ConfigError, match="precision"):
         CrossEncoderPreRanker(model="x", precision="int3")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cross_encoder_auto_precision_is_bf16_only_where_native(tiny_cross_encoder_dir: Path, monkeypatch, native: bool) -> None:
+    import warnings
+
+    from ctxkit.rankers import prerank
+
+    monkeypatch.setattr(prerank, "cpu_has_native_bf16", lambda: native)
+    auto = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=None, device="cpu")
+    assert auto.precision == "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns: it never picks emulated bf16
+        assert auto.effective_precision == ("bf16" if native else "fp32")
+    fp32 = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), k=None, device="cpu", precision="fp32")
+    pairs = [(s.query, p.text) for s in _states() for p in s.passages]
+    a, b = fp32.predict(pairs), auto.predict(pairs)
+    if native:
+        assert not np.array_equal(a, b)  # the bf16 autocast ran
+        np.testing.assert_allclose(b, a, atol=0.05)
+    else:
+        np.testing.assert_array_equal(b, a)
+    explicit = CrossEncoderPreRanker(model=str(tiny_cross_encoder_dir), device="cpu", precision="bf16")
+    if native:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            explicit.warm_up()
+    else:
+        with pytest.warns(UserWarning, match="emulated"):
+            explicit.warm_up()
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
+    from ctxkit import models
+    from ctxkit.faithfulness.judge import model as judge_model
+
+    assert judge_model.cpu_has_native_bf16 is models.cpu_has_native_bf16  # one helper, two users
+    info = tmp_path / "cpuinfo"
+    for flags, native in [
+        ("fpu avx2 avx512f avx512bw avx512_vnni", False),  # AVX-512 without BF16: emulated
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu avx2 amx_tile amx_bf16", True),
+        ("fpu avx2 xavx512_bf16y", False),  # only whole flags count
+    ]:
+        info.write_text(f"processor\t: 0\nmodel name\t: avx512_bf16 in a name\nflags\t\t: {flags}\n")
+        assert models.cpu_has_native_bf16(info) is native
+    assert models.cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+def test_speed_table_reports_bf16_next_to_fp32(bench_module, tiny_cross_encoder_dir: Path, tmp_path: Path) -> None:
+    cascade = bench_module("cascade")
+    out = cascade.speed(None, tmp_path, "cpu", n_queries=3, n_cands=15, repeats=1, force_bf16=True,
+                        model_dir=tiny_cross_encoder_dir, peers=False)
+    assert out["source"] == "synthetic" and out["queries"] == 3
+    for v in ("fp32", "bf16", "int8"):
+        assert out[f"ctxkit_{v}_qps"] > 0
+        assert 0.0 <= out[f"overlap@10_vs_fp32_{v}"] <= 1.0
+    assert out["overlap@10_vs_fp32_fp32"] == 1.0
+    assert out["speedup_vs_fp32_bf16"] == pytest.approx(out["ctxkit_bf16_qps"] / out["ctxkit_fp32_qps"], abs=0.01)
+    assert out["auto_precision"] in ("bf16", "fp32") and isinstance(out["cpu_native_bf16"], bool)
 
 
 def test_cross_encoder_int8_quantises_linears_and_stays_close(tiny_cross_encoder_dir: Path) -> None:
@@ -286,10 +347,10 @@ def test_ranker_cold_start_keeps_order() -> None:
     assert all("feedback_ranker" in p.scores and "match" in p.scores for p in states[0].passages)
 
 
-@pytest.mark.parametrize("loss", ["listnet", "plackett_luce"])
-def test_ranker_learns_hidden_trait(tmp_path: Path, loss: str) -> None:
+@pytest.mark.parametrize(("credit", "loss"), [("ips", "listnet"), ("dcg", "listnet"), ("uniform", "plackett_luce")])
+def test_ranker_learns_hidden_trait(tmp_path: Path, credit: str, loss: str) -> None:
     store = _trait_store(tmp_path / "fb.sqlite")
-    r = FeedbackRanker(k=3, loss=loss, use_embeddings=False, metadata_features=["trait"], epochs=60, seed=1)
+    r = FeedbackRanker(k=3, loss=loss, credit=credit, use_embeddings=False, metadata_features=["trait"], epochs=60, seed=1)
     info = r.fit(store)
     assert info["groups"] == 40 and info["loss"][-1] < info["loss"][0]
     states = r(_cands())
@@ -348,6 +409,189 @@ def test_ranker_rejects_non_numeric_metadata(tmp_path: Path) -> None:
     s = ContextState(query="q", passages=[Passage(id="a", text="t", metadata={"trait": "high"}), Passage(id="b", text="u")])
     with pytest.raises(InputError, match="not numeric"):
         r([s])
+
+
+# -- position bias -------------------------------------------------------------------------------
+def _arranged_store(path: Path, strategy: str, examination: list[float], n_queries: int = 60, seed: int = 0,
+                    shuffle_rewards: bool = False) -> FeedbackStore:
+    """Lists shown through a real Arranger; the reader looks at shown position p with probability
+    ``examination[p]`` and is rewarded by the trait of what it looked at. The pre-ranker's 'match'
+    score knows nothing of the trait."""
+    store = FeedbackStore(path)
+    rng = np.random.default_rng(seed)
+    arranger = Arranger(strategy=strategy)
+    rows = []
+    for q in range(n_queries):
+        items = [Passage(id=f"q{q}i{i}", text="x" * 20, metadata={"trait": float(rng.random() < 0.4)},
+                         scores={"match": float(rng.normal())}) for i in range(8)]
+        items.sort(key=lambda p: -p.scores["match"])
+        for _ in range(4):
+            idx = np.sort(rng.choice(8, size=4, replace=False))  # a ranked subset, best first
+            st = ContextState(query=f"query {q}", passages=[items[j].model_copy(deep=True) for j in idx])
+            arranger([st])
+            looked = rng.random(4) < np.asarray(examination)
+            reward = float(sum(p.metadata["trait"] for p, seen in zip(st.passages, looked, strict=True) if seen))
+            rows.append((st, reward + rng.normal(scale=0.1)))
+    rewards = [r for _, r in rows]
+    if shuffle_rewards:
+        rewards = list(rng.permutation(rewards))
+    with store.transaction():
+        for (st, _), r in zip(rows, rewards, strict=True):
+            store.record_list(st)
+            store.record_event(st.trace.list_id, float(r))
+    return store
+
+
+def test_position_prior_follows_the_arranger() -> None:
+    from ctxkit.rankers import position_prior
+
+    def shown(strategy: str) -> list[dict]:
+        st = ContextState(query="q", passages=[Passage(id=str(i), text="t") for i in range(5)])
+        Arranger(strategy=strategy)([st])
+        return [{"id": p.id, "scores": dict(p.scores)} for p in st.passages]
+
+    last = position_prior(shown("best_last"))
+    assert np.all(np.diff(last) > 0) and last[-1] == 1.0  # the arranger put its best item last
+    first = position_prior(shown("as_ranked"))
+    assert np.all(np.diff(first) < 0) and first[0] == 1.0
+    ends = position_prior(shown("best_first_and_last"))
+    assert ends[0] == 1.0 and ends.argmin() == 2  # weakest in the middle
+    plain = position_prior([{"id": "a", "scores": {"match": 3.0}}, {"id": "b", "scores": {}}])
+    np.testing.assert_allclose(plain, [1.0, 1 / np.log2(3)])  # no arranger: shown in ranked order
+
+
+def test_estimate_position_effects_recovers_a_known_bias() -> None:
+    from ctxkit.rankers import estimate_position_effects
+
+    rng = np.random.default_rng(0)
+    theta = np.array([0.2, 0.4, 0.7, 1.0])
+    advs, feats, priors = [], [], []
+    for _ in range(800):
+        x = rng.normal(size=(4, 2))  # feature 0 drives usefulness, feature 1 is noise
+        advs.append(float(theta @ x[:, 0] + rng.normal(scale=0.3)))
+        feats.append(x)
+        priors.append(1 / np.log2(np.arange(4) + 2))  # a wrong prior: top-heavy
+    est = estimate_position_effects(advs, feats, priors, n_positions=4)
+    np.testing.assert_allclose(est, theta, atol=0.08)
+    # little evidence: the prior
+    few = estimate_position_effects(advs[:2], feats[:2], priors[:2], n_positions=4, prior_lists=1000)
+    np.testing.assert_allclose(few, priors[0] / priors[0].max(), atol=0.05)
+    # nothing to explain: the prior
+    flat = estimate_position_effects([0.0] * 50, feats[:50], priors[:50], n_positions=4)
+    np.testing.assert_allclose(flat, priors[0], atol=0.05)
+
+
+def test_position_effects_recovered_from_a_synthetic_click_log(tmp_path: Path) -> None:
+    # a click log: the reader examines shown position p with a known probability and clicks an
+    # examined item when it carries the trait; best_last arrangement, as in the simulation
+    examination = [0.1, 0.15, 0.25, 0.5, 1.0]
+    rng = np.random.default_rng(3)
+    arranger = Arranger(strategy="best_last")
+    lists = []
+    for q in range(300):
+        items = [Passage(id=f"q{q}i{i}", text="x" * 20, metadata={"trait": float(rng.random() < 0.4)},
+                         scores={"match": float(rng.normal())}) for i in range(8)]
+        items.sort(key=lambda p: -p.scores["match"])
+        for li in range(4):
+            idx = np.sort(rng.choice(8, size=5, replace=False))
+            st = ContextState(query=f"query {q}", passages=[items[j].model_copy(deep=True) for j in idx])
+            arranger([st])
+            looked = rng.random(5) < np.asarray(examination)
+            clicks = sum(p.metadata["trait"] for p, seen in zip(st.passages, looked, strict=True) if seen)
+            lists.append(ShownList(f"{q}-{li}", st.query, [{"id": p.id, "text": p.text, "scores": dict(p.scores),
+                                                           "metadata": dict(p.metadata)} for p in st.passages],
+                                   [float(clicks)]))
+    r = FeedbackRanker(use_embeddings=False, metadata_features=["trait"])
+    r.item_credit(lists)
+    np.testing.assert_allclose(r.position_effects, examination, atol=0.12)
+
+
+def test_training_takes_several_steps_per_epoch(tmp_path: Path, monkeypatch) -> None:
+    # a few hundred query groups must not be one mini-batch (one optimiser step per epoch)
+    import torch
+
+    store = _trait_store(tmp_path / "fb.sqlite", n_queries=40)
+    steps = []
+    orig = torch.optim.Adam.step
+
+    def counted(self, *a, **kw):
+        steps.append(1)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=1, validation=0).fit(store)
+    assert len(steps) >= 8
+
+
+def test_credit_follows_what_the_reader_saw_with_best_last(tmp_path: Path) -> None:
+    # the reader of a best_last prompt looks at its end, where the arranger put the best item
+    store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.1, 0.2, 0.5, 1.0])
+    lists = store.lists()
+    dcg = FeedbackRanker(credit="dcg", use_embeddings=False, metadata_features=["trait"])
+    ips = FeedbackRanker(use_embeddings=False, metadata_features=["trait"])
+    assert ips.credit == "ips"  # the default
+
+    def credit_by_position(ranker: FeedbackRanker) -> np.ndarray:
+        """Mean |credit| of the items by where they were shown (lists with one query's mean)."""
+        credit = ranker.item_credit(lists)
+        out = np.zeros(4)
+        for sl in lists:
+            for j, it in enumerate(sl.items):
+                out[j] += abs(credit[sl.query][it["id"]])
+        return out / len(lists)
+
+    legacy = credit_by_position(dcg)
+    assert legacy.argmax() == 0  # the issue: the first-shown (weakest) item gets the most credit
+    # inverse propensity: an item's credit estimates its usefulness wherever it was shown, so the
+    # items that carry the trait get the credit, not the ones at the looked-at positions
+    credit = ips.item_credit(lists)
+    theta = ips.position_effects
+    assert theta is not None and np.argmax(theta) == 3 and theta[0] < 0.4  # estimated from the rewards
+    trait = {p.id: p.metadata["trait"] for sl in lists for p in sl.passages()}
+    c = np.array([v for q in credit.values() for v in q.values()])
+    t = np.array([trait[i] for q in credit.values() for i in q])
+    d = dcg.item_credit(lists)
+    c_dcg = np.array([v for q in d.values() for v in q.values()])
+    assert np.corrcoef(c, t)[0, 1] > np.corrcoef(c_dcg, t)[0, 1] + 0.1
+
+
+def test_debiased_ranker_learns_the_trait_undebiased_does_not(tmp_path: Path) -> None:
+    store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.05, 0.1, 0.4, 1.0], n_queries=80)
+    kw = {"k": 3, "use_embeddings": False, "metadata_features": ["trait"], "epochs": 80, "seed": 0}
+    ips, dcg = FeedbackRanker(**kw), FeedbackRanker(**kw, credit="dcg")
+    ips.fit(store)
+    dcg.fit(store)
+
+    def trait_share(ranker: FeedbackRanker) -> float:
+        return float(np.mean([p.metadata["trait"] for s in ranker(_cands()) for p in s.passages]))
+
+    assert trait_share(ips) == 1.0  # every kept item carries the trait (3 of the 9 candidates do)
+    assert trait_share(dcg) < 0.8
+
+
+def test_placebo_shuffled_feedback_keeps_the_preranked_order(tmp_path: Path) -> None:
+    store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.1, 0.2, 0.5, 1.0], shuffle_rewards=True)
+    r = FeedbackRanker(k=5, use_embeddings=False, metadata_features=["trait"], epochs=80, seed=0)
+    r.fit(store)
+    states = _cands()
+    before = [[p.id for p in s.passages][:5] for s in states]
+    assert [[p.id for p in s.passages] for s in r(states)] == before
+
+
+def test_known_position_weights_are_used_and_saved(tmp_path: Path) -> None:
+    store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.1, 0.2, 0.5, 1.0], n_queries=20)
+    r = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], position_weights=[1, 2, 5, 10], epochs=5)
+    assert r.position_effects == pytest.approx([0.1, 0.2, 0.5, 1.0])
+    r.fit(store)
+    est = FeedbackRanker(use_embeddings=False, metadata_features=["trait"], epochs=5)
+    info = est.fit(store)
+    assert info["position_effects"] == est.position_effects and len(est.position_effects) == 4
+    est.save(tmp_path / "ranker")
+    assert FeedbackRanker.load(tmp_path / "ranker").position_effects == est.position_effects
+    assert FeedbackRanker(credit="dcg").position_effects is None
+    for bad in ([], [-1.0, 1.0], [0.0, 0.0]):
+        with pytest.raises(ConfigError, match="position_weights"):
+            FeedbackRanker(position_weights=bad)
 
 
 # -- arrangement ---------------------------------------------------------------------------------
@@ -438,6 +682,49 @@ def test_parse_answer_tolerant() -> None:
     assert parse_answer("I think the answer is green.", opts) == "B"
     assert parse_answer("Answer: D. black", opts) == "D"
     assert parse_answer("no idea", opts) is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # the answer line is not the last line; later lines use "answer" inside words
+    ("Answer: Paris\nI answered this before.", "Paris"),
+    ("Answer: Paris. I answered this before.", "Paris"),
+    ("Final answer: Paris\nThe answers above were drafts; unanswerable ones are skipped.", "Paris"),
+    # "answer" inside a word is never a label: the last line is the fallback
+    ("He answered: Rome", "He answered: Rome"),
+    ("Reasoning about answers: none\nRome", "Rome"),
+    ("The pre-answer: x\nRome", "Rome"),
+    # formats
+    ("**Answer:** Paris", "Paris"),
+    ("**Answer**: Paris", "Paris"),
+    ("Final Answer - Paris", "Paris"),
+    ("ANSWER = 1889", "1889"),
+    ("Answer \u2013 Paris", "Paris"),
+    ("so the final answer is **Paris**.", "Paris"),
+    ("Thinking.\nAnswer:\n\nRome\nThat is all.", "Rome"),  # the label ends its line
+    ("the answer is 42\nanswer is 43", "43"),  # the last label wins
+    ("Answer: St. Louis. It is in Missouri.", "St. Louis"),  # abbreviations are not sentence ends
+    ("Answer: 3.14", "3.14"),
+    ("Answer:", None),  # a label with nothing after it
+])
+def test_parse_answer_labels_and_words(text: str, expected: str | None) -> None:
+    assert parse_answer(text) == expected
+
+
+def test_parse_answer_options_on_later_lines() -> None:
+    opts = ["red", "green", "blue", "black"]
+    assert parse_answer("Answer: B\nI answered A before.", opts) == "B"
+    assert parse_answer("Answer:\n(C) blue\nI answered this before.", opts) == "C"
+    assert parse_answer("I answered quickly.\nAnswer: black", opts) == "D"
+
+
+def test_reason_aggregate_votes_parse_answers_followed_by_text() -> None:
+    class Chatty:
+        def generate(self, batch, settings=None, **kw):
+            return [Generation(text="Answer: Paris\nI answered this before.") for _ in batch]
+
+    s = ContextState(query="capital of France?", passages=[Passage(id="a", text="paris")])
+    ReasonAggregate(generator=Chatty(), n_paths=3)([s])
+    assert s.answer == "Paris" and s.metadata["agreement"] == 1.0
 
 
 def test_reason_aggregate_options_with_tiny_model(tiny_llm_dir: Path) -> None:

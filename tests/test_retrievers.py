@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 from pydantic import Field
 
@@ -177,7 +179,7 @@ register_stage("test_lex_list", LexList)
 def test_hybrid_fetches_candidates_keeps_input_scores_and_uses_kind_weights():
     dense = DenseList(name="dense", items=[("a#0", 0.9), ("b#0", 0.8), ("c#0", 0.1)])
     lex = LexList(name="lex", items=[("c#0", 12.0), ("a#0", 1.0), ("e#0", 0.5)])
-    hybrid = HybridRetriever(retrievers=[dense, lex], k=2, candidates=50)
+    hybrid = HybridRetriever(retrievers=[dense, lex], k=2, candidates=50, fusion="convex")
     assert hybrid.effective_weights() == [0.7, 0.3]
     ListRetriever.asked.clear()
     state = Pipeline([hybrid]).run("anything")
@@ -187,9 +189,70 @@ def test_hybrid_fetches_candidates_keeps_input_scores_and_uses_kind_weights():
     assert set(a.scores) == {"dense", "lex", "hybrid"}
     assert a.score == a.scores["hybrid"]
     assert a.scores["dense"] == pytest.approx(0.9) and a.scores["lex"] == pytest.approx(1.0)
+    assert hybrid.last_weights == [[0.7, 0.3]]
     # plain RRF ranks c (top of BM25, last of dense) above b
     rrf = HybridRetriever(retrievers=[dense, lex], k=3, fusion="rrf")
     assert [p.id for p in rrf.retrieve(["q"])[0]] == ["a#0", "c#0", "b#0"]
+
+
+def test_trust_features_read_the_query_and_both_lists():
+    from ctxkit.retrievers.hybrid import trust_features
+
+    dense = [("a", 0.8), ("b", 0.6), ("c", 0.4)]
+    lex = [("c", 10.0), ("d", 4.0), ("a", 2.0)]
+    f = trust_features("who wrote the book", dense, lex)
+    assert f["dense_top"] == pytest.approx(0.8)
+    assert f["dense_gap"] == pytest.approx(0.4)  # fewer than 10 items: the last one stands in
+    assert f["lexical_peak"] == pytest.approx(0.8)  # 1 - 2/10
+    assert f["overlap"] == pytest.approx(2 / 4)  # a and c of a, b, c, d
+    assert f["dense_rates_lexical"] == pytest.approx((0.0 + 0.0 + 1.0) / 3)  # c=0, d missing=0, a=1
+    assert f["lexical_rates_dense"] == pytest.approx((0.0 + 0.0 + 1.0) / 3)  # a=0, b missing, c=1
+    assert f["log_query_words"] == pytest.approx(np.log(4))
+
+
+def test_adaptive_fusion_decides_per_query(monkeypatch):
+    from ctxkit.retrievers import hybrid as hybrid_mod
+
+    dense = DenseList(name="dense", items=[("a#0", 0.9), ("b#0", 0.85), ("c#0", 0.8), ("d#0", 0.3)])
+    lex = LexList(name="lex", items=[("c#0", 12.0), ("d#0", 11.0), ("b#0", 1.0)])
+    h = HybridRetriever(retrievers=[dense, lex], k=4)
+    assert h.fusion == "adaptive" and h.adaptive()
+    # a trust model that leans on BM25 for long questions and on dense for short queries
+    monkeypatch.setattr(hybrid_mod, "ADAPTIVE_MODEL", {"intercept": 4.0, "log_query_words": -4.0})
+    short, long_q = "penicillin", "which scientist working in london discovered the antibiotic penicillin"
+    res = h.retrieve([short, long_q])
+    (ws, ls_), (wl, ll) = h.last_weights
+    assert ws > 0.85 and wl < 0.15 and ws + ls_ == pytest.approx(1) and wl + ll == pytest.approx(1)
+    assert res[0][0].id == "a#0"  # short query: the dense top
+    assert res[1][0].id == "c#0"  # long question: the BM25 top
+    assert res[1][0].scores["hybrid"] == pytest.approx(wl * (0.8 - 0.3) / (0.9 - 0.3) + ll * 1.0)  # min-max convex
+    # the stage, fuse() and adaptive_weights() agree
+    d_l, l_l = [(i, s) for i, s in dense.items], [(i, s) for i, s in lex.items]
+    assert hybrid_mod.adaptive_weights(long_q, d_l, l_l) == pytest.approx((wl, ll))
+    via_fuse = fuse([d_l, l_l], method="adaptive", kinds=["dense", "lexical"], query=long_q)
+    assert [i for i, _ in via_fuse] == [p.id for p in res[1]]
+    # inputs in the other order get the same weights, swapped
+    h2 = HybridRetriever(retrievers=[LexList(name="lex", items=lex.items), DenseList(name="dense", items=dense.items)], k=4)
+    h2.retrieve([long_q])
+    assert h2.last_weights[0] == pytest.approx([ll, wl])
+    # the weight stays within ADAPTIVE_RANGE whatever the model says
+    monkeypatch.setattr(hybrid_mod, "ADAPTIVE_MODEL", {"intercept": 100.0})
+    assert hybrid_mod.adaptive_weights("q", d_l, l_l)[0] == pytest.approx(hybrid_mod.ADAPTIVE_RANGE[1])
+    # one input returns nothing: the other decides alone
+    assert hybrid_mod.adaptive_weights("q", d_l, []) == (1.0, 0.0)
+    assert hybrid_mod.adaptive_weights("q", [], l_l) == (0.0, 1.0)
+
+
+def test_adaptive_without_one_dense_and_one_lexical_input_uses_fixed_weights():
+    dense = DenseList(name="dense", items=[("a#0", 0.9), ("b#0", 0.1)])
+    other = ListRetriever(name="other", items=[("b#0", 3.0), ("a#0", 1.0)])
+    h = HybridRetriever(retrievers=[dense, other], k=2)
+    assert not h.adaptive()
+    h.retrieve(["q"])
+    assert h.last_weights == [pytest.approx([0.7 / 1.2, 0.5 / 1.2])]
+    explicit = HybridRetriever(retrievers=[dense, other], k=2, weights=[1.0, 3.0])
+    assert [p.id for p in explicit.retrieve(["q"])[0]] == ["b#0", "a#0"]
+    assert explicit.last_weights == [[0.25, 0.75]]
 
 
 def test_hybrid_settings_validation_and_config_round_trip():
@@ -359,6 +422,34 @@ def test_hybrid_end_to_end_in_a_pipeline(built_index: Path):
     assert [p.id for p in rebuilt.retrieve(["Who found penicillin?"])[0]] == [p.id for p in states[0].passages]
 
 
+def test_adaptive_hybrid_over_real_chroma_and_bm25_weighs_each_query(built_index: Path):
+    from ctxkit.retrievers.hybrid import ADAPTIVE_RANGE, adaptive_weights
+
+    dense = ChromaRetriever(path=str(built_index), device="cpu", k=4)
+    bm25 = BM25Retriever(path=str(built_index), k=4)
+    hybrid = HybridRetriever(retrievers=[dense, bm25], k=4, candidates=4)  # the default fusion
+    assert hybrid.fusion == "adaptive" and hybrid.adaptive()
+    queries = ["Who found penicillin?", "Guido van Rossum programming language", "the of and"]
+    res = hybrid.retrieve(queries)
+    weights = hybrid.last_weights
+    d_lists = [[(p.id, p.scores["chroma"]) for p in r] for r in dense.retrieve(queries, k=4)]
+    b_lists = [[(p.id, p.scores["bm25"]) for p in r] for r in bm25.retrieve(queries, k=4)]
+    for q, w, d_l, b_l in zip(queries, weights, d_lists, b_lists, strict=True):
+        # the stage's weights are the trust model's, read from the inputs' own candidate lists
+        assert w == pytest.approx(list(adaptive_weights(q, d_l, b_l)))
+        assert sum(w) == pytest.approx(1.0)
+    for w in weights[:2]:  # both inputs found something: neither is switched off
+        assert ADAPTIVE_RANGE[0] - 1e-9 <= w[0] <= ADAPTIVE_RANGE[1] + 1e-9
+    # stop words only: BM25 finds nothing, so the dense list decides alone and is kept as it is
+    assert b_lists[2] == [] and weights[2] == [1.0, 0.0]
+    assert [p.id for p in res[2]] == [i for i, _ in d_lists[2]]
+    assert res[0][0].doc_id == "penicillin" and res[1][0].doc_id == "python"
+    # the previous fixed fusion stays available
+    fixed = HybridRetriever(retrievers=[dense, bm25], k=4, candidates=4, fusion="convex")
+    fixed.retrieve(queries[:1])
+    assert fixed.last_weights == [pytest.approx([0.7, 0.3])]
+
+
 def _docs(n: int, version: str = "v1") -> list[Document]:
     return [
         Document(id=f"d{i}", text=f"Document {i} talks about topic {i} in {version}. " * (1 + i % 2))
@@ -486,3 +577,67 @@ def test_ingest_paths_reports_skipped_files(tmp_path: Path, minilm, monkeypatch)
     report = ingest([tmp_path / "a.md", tmp_path / "bad.txt"], index=tmp_path / "idx", device="cpu")
     assert report.written == 1 and report.files == 1 and len(report.skipped) == 1
     assert "1 skipped" in report.summary()
+
+
+# --------------------------------------------------------------------------------------------
+# input that must not lose data
+
+
+@pytest.mark.parametrize("batch_size", [256, 1])  # the two records in one write batch, or in two
+def test_duplicate_ids_are_an_error_by_default_or_keep_last_with_a_warning(tmp_path: Path, minilm, batch_size):
+    from ctxkit.errors import DuplicateDocumentError
+
+    docs = [Document(id="a", text="The first record of a."), Document(id="b", text="Another document."),
+            Document(id="a", text="The second record of a, with new text.")]
+    with pytest.raises(DuplicateDocumentError, match="appears twice") as exc:
+        ingest(docs, index=tmp_path / "strict", device="cpu", batch_size=batch_size)
+    assert exc.value.doc_id == "a" and "keep_last" in str(exc.value)
+    warnings: list[str] = []
+    report = ingest(docs, index=tmp_path / "lenient", device="cpu", batch_size=batch_size,
+                    on_duplicate="keep_last", on_warning=warnings.append)
+    assert report.duplicates == ["a"] and report.unchanged == 0  # not "1 unchanged" on a fresh index
+    assert "1 duplicate ids (last kept)" in report.summary() and "0 unchanged" in report.summary()
+    assert len(warnings) == 1 and "'a'" in warnings[0]
+    idx = Index(tmp_path / "lenient")
+    assert idx.count_documents() == 2
+    assert "second record" in idx.get_chunks(["a#0"])["a#0"][0]
+
+
+def test_nothing_to_index_raises_with_the_reasons(tmp_path: Path, minilm):
+    from ctxkit.errors import NothingIndexedError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NothingIndexedError, match="nothing was indexed") as exc:
+        ingest([tmp_path / "empty"], index=tmp_path / "i1", device="cpu")
+    assert exc.value.report.documents == 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.txt").write_bytes(b"\xff\xfe\xfa")
+    (tmp_path / "bad" / "blank.md").write_text("   ")
+    warnings: list[str] = []
+    with pytest.raises(NothingIndexedError, match="skipped") as exc:
+        ingest([tmp_path / "bad"], index=tmp_path / "i2", device="cpu", on_warning=warnings.append)
+    assert len(exc.value.report.skipped) == 2 and len(warnings) == 2
+    with pytest.raises(NothingIndexedError):
+        ingest([], index=tmp_path / "i3", device="cpu")
+
+
+def test_a_file_named_twice_is_read_once(tmp_path: Path, minilm, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.md").write_text("# A\n\nAlpha text.", encoding="utf-8")
+    report = ingest(["d", "d/a.md"], index=tmp_path / "idx", device="cpu")  # no duplicate-id error
+    assert report.documents == 1 and report.files == 1
+
+
+def test_progress_is_shown_in_chunks_while_one_big_document_is_embedded(tmp_path: Path, minilm, monkeypatch, capfd):
+    import ctxkit.retrievers.store.index as index_mod
+
+    monkeypatch.setattr(index_mod, "EMBED_STEP", 16)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update (tqdm reads TQDM_* defaults)
+    idx = Index(tmp_path / "idx", chunk_size=10, chunk_overlap=0, device="cpu")
+    big = Document(id="big", text=" ".join(f"Sentence {i} is about lava." for i in range(100)))
+    n = len(idx.chunk_document(big))
+    assert n > 40
+    idx.add([big], show_progress=True)
+    counts = [int(c) for c in re.findall(r"ingest: (\d+)chunk \[", capfd.readouterr().err)]
+    assert {16, 32} <= set(counts) and max(counts) == n  # advanced inside the single document

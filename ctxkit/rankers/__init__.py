@@ -27,8 +27,10 @@ __all__ = [
     "arrange_order",
     "build_cascade",
     "cascade_demo",
+    "estimate_position_effects",
     "llm_preference_labels",
     "parse_answer",
+    "position_prior",
 ]
 
 _LAZY = {
@@ -41,6 +43,8 @@ _LAZY = {
     "DEFAULT_LABELS": "ctxkit.rankers.feedback",
     "RecordFeedback": "ctxkit.rankers.record",
     "FeedbackRanker": "ctxkit.rankers.listwise",
+    "estimate_position_effects": "ctxkit.rankers.listwise",
+    "position_prior": "ctxkit.rankers.listwise",
     "Arranger": "ctxkit.rankers.arrange",
     "arrange_order": "ctxkit.rankers.arrange",
     "ReasonAggregate": "ctxkit.rankers.aggregate",
@@ -63,7 +67,7 @@ if TYPE_CHECKING:
         UnknownEventError,
         UnknownListError,
     )
-    from .listwise import FeedbackRanker
+    from .listwise import FeedbackRanker, estimate_position_effects, position_prior
     from .preference import PreferenceTemplate, llm_preference_labels
     from .prerank import BiEncoderPreRanker, CrossEncoderPreRanker
     from .record import RecordFeedback

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
-from ..llm.base import CONTEXT_SLOT, Message, SamplingSettings
+from ..llm.base import CONTEXT_SLOT, Message, SamplingSettings, require_scoring
 from ..llm.stage import GeneratorStage
 from ..types import ContextState, Passage
 
@@ -29,7 +29,13 @@ DEFAULT_COT_TEMPLATE = (
     "Question: {question}{options}"
 )
 _LETTERS = "ABCDEFGHIJ"
-_ANSWER_RE = re.compile(r"(?:final answer|answer)\s*(?:is|:)?\s*[:\-]?\s*(.+)", re.IGNORECASE)
+# An answer label: the whole word "answer" (never inside "answered", "answers", "unanswerable"),
+# optionally "final" before it and markdown emphasis around it, then an explicit separator: a
+# colon / dash / equals sign, or "is" (as in "the answer is Paris"). Group 1: the rest of the line.
+_ANSWER_RE = re.compile(
+    r"(?<![\w-])(?:final[ \t]+)?answer(?![\w-])[*_ \t]*(?:[:=\-\u2013\u2014]|\bis\b[ \t]*:?)[ \t]*(.*)",
+    re.IGNORECASE,
+)
 
 
 def normalize_answer(text: str) -> str:
@@ -40,18 +46,41 @@ def normalize_answer(text: str) -> str:
     return " ".join(t.split())
 
 
+def _labelled_answer(text: str) -> str | None:
+    """The text after the last answer label; ``""`` for an empty label, ``None`` without one."""
+    from ..retrievers.chunking import split_sentences
+
+    matches = list(_ANSWER_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    rest = m.group(1).strip()
+    if not rest.strip(" *_`"):  # "Answer:" ends its line: the answer is on the next non-empty line
+        following = [ln.strip() for ln in text[m.end():].splitlines() if ln.strip(" *_`\t")]
+        if not following:
+            return ""
+        rest = following[0]
+    sentences = split_sentences(rest)
+    return sentences[0] if sentences else rest
+
+
 def parse_answer(text: str, options: list[str] | None = None) -> str | None:
     """The final answer of a reasoning path, tolerant to format drift.
 
-    Looks for the last ``Answer: ...`` / ``the answer is ...``; falls back to the last non-empty
-    line. With ``options`` (multiple choice) the result is the option letter (``"A"``...) found
-    as a letter or as the option's text, or ``None``.
+    Looks for the last answer label (``Answer: ...``, ``Final answer - ...``, ``**Answer:**
+    ...``, ``the answer is ...``; the word "answer" only as a whole word) and takes the first
+    sentence after it, or the next non-empty line when the label ends its line. Without a label
+    it falls back to the last non-empty line. With ``options`` (multiple choice) the result is the
+    option letter (``"A"``...) found as a letter or as the option's text, or ``None``.
     """
     if not text or not text.strip():
         return None
-    matches = _ANSWER_RE.findall(text)
-    cand = matches[-1].strip() if matches else [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
-    cand = cand.strip(" *.:`\"'")
+    cand = _labelled_answer(text)
+    if cand == "":  # a label with nothing after it: no answer was given
+        return None
+    if cand is None:
+        cand = [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
+    cand = cand.strip(" *_.:`\"'")
     if not options:
         return cand or None
     letters = _LETTERS[: len(options)]
@@ -149,7 +178,21 @@ class ReasonAggregate(GeneratorStage):
         by_id = {p.id: w for p, w in zip(state.passages, soft, strict=True)}
         return float(np.mean([by_id.get(p.id, 0.0) for p in items])) + 1e-9
 
+    def warm_up(self) -> None:
+        """Build the generator; in ``"options"`` mode check that it can score (before any query).
+
+        Raises:
+            CapabilityError: ``answer_mode="options"`` with a generator that cannot score.
+        """
+        super().warm_up()
+        self._check_scoring()
+
+    def _check_scoring(self) -> None:
+        if self.answer_mode == "options":
+            require_scoring(self.generator_obj, "reason_aggregate answer_mode='options' (option scoring)")
+
     def run(self, states: list[ContextState]) -> list[ContextState]:
+        self._check_scoring()  # also when run() is called without warm_up(); the check is cached
         rng = np.random.default_rng(self.seed)
         plans = [self.paths(s, rng) for s in states]
         convs, owners = [], []

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..llm.base import Message
+from ..llm.base import Message, require_scoring
 from ..types import ContextState, Passage
 from .feedback import FeedbackStore
 
@@ -85,8 +85,9 @@ def llm_preference_labels(
 
     Args:
         generator: Anything with ``score(batch_of_conversations, continuations)`` (e.g.
-            :class:`~ctxkit.llm.TransformersGenerator`). All lists of all examples (and the
-            no-context prompts) are scored in ONE call.
+            :class:`~ctxkit.llm.TransformersGenerator`, or an
+            :class:`~ctxkit.llm.OpenAIGenerator` whose server returns prompt log-probabilities).
+            All lists of all examples (and the no-context prompts) are scored in ONE call.
         examples: States holding pre-ranked ``passages`` and the known answer in
             ``metadata[answer_key]``.
         store: Where the lists and their rewards are written (source ``"llm"``), in one
@@ -103,9 +104,11 @@ def llm_preference_labels(
     Returns:
         ``{"lists": n, "examples": m, "skipped": s, "mean_reward": r, "list_ids": [...]}``
         (``skipped``: lists the generator could not score, e.g. too long; not recorded).
+
+    Raises:
+        CapabilityError: the generator cannot score (checked before anything else).
     """
-    if not callable(getattr(generator, "score", None)):
-        raise InputError("llm_preference_labels needs a generator with a score(batch, continuations) method")
+    require_scoring(generator, "llm_preference_labels")  # before any list is built or scored
     tpl = template or PreferenceTemplate()
     rng = np.random.default_rng(seed)
     convs, conts, owners = [], [], []

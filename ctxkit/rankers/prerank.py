@@ -16,7 +16,7 @@ from pydantic import Field
 
 from .._lazy import require
 from ..errors import ConfigError, ModelNotAvailableError
-from ..models import get_embedder, resolve_device, resolve_model
+from ..models import cpu_has_native_bf16, get_embedder, resolve_device, resolve_model
 from ..pipeline import BaseStage
 from ..types import ContextState
 from ._common import apply_scores, flatten, passage_text
@@ -24,13 +24,6 @@ from ._common import apply_scores, flatten, passage_text
 __all__ = ["BiEncoderPreRanker", "CrossEncoderPreRanker"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-
-
-def _cpu_has_bf16(torch: Any) -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _quantize_int8(cross_encoder: Any, torch: Any) -> None:
@@ -156,12 +149,14 @@ class CrossEncoderPreRanker(BaseStage):
         model: Path or hub id of a cross-encoder (e.g. a local ``ms-marco-MiniLM-L-6-v2``).
         k: Passages kept per query (``None`` keeps all, re-sorted).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"bf16"`` (bfloat16
-            autocast; ~1.8x faster on CPUs with native AVX512-BF16/AMX with near-identical
-            rankings, but much SLOWER on CPUs without it, where it is emulated: a warning says so)
-            or ``"fp16"`` (CUDA; on CPU it means bf16), or ``"int8"`` (CPU only: dynamic int8
-            quantisation of the linear layers, per-channel weights; ~1.6x faster than fp32 on an
-            AVX2 CPU but it reorders close scores: top-10 overlap with fp32 ~0.7 in our benchmark).
+        precision: ``"auto"`` (default: fp16 on CUDA; bf16 on a CPU that computes bfloat16
+            natively, i.e. reports ``avx512_bf16`` or ``amx_bf16``, see
+            :func:`ctxkit.models.cpu_has_native_bf16`; fp32 on other CPUs, where bf16 is emulated
+            and slower), ``"fp32"``, ``"bf16"`` (bfloat16 autocast; on a CPU without native bf16
+            a warning says it is emulated), ``"fp16"`` (CUDA; on CPU it means bf16), or ``"int8"``
+            (CPU only: dynamic int8 quantisation of the linear layers, per-channel weights; faster
+            than fp32 but it reorders close scores: top-10 overlap with fp32 ~0.75 in our
+            benchmark). :attr:`effective_precision` says which one ran.
         batch_size: Pairs per forward pass.
         max_length: Maximum tokens per pair (``None``: the model's own limit).
         with_title: Prefix the passage's ``metadata["title"]`` to its text, when present.
@@ -184,10 +179,13 @@ class CrossEncoderPreRanker(BaseStage):
         device = resolve_device(self.device)
         precision = self.precision
         if precision == "auto":
-            precision = "fp16" if device.startswith("cuda") else "fp32"
+            if device.startswith("cuda"):
+                precision = "fp16"
+            else:  # bf16 only where the CPU computes it natively; emulated bf16 is slower than fp32
+                precision = "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
         if precision == "fp16" and not device.startswith("cuda"):
             precision = "bf16"  # fp16 matmuls are slow or unsupported on CPU; bf16 is the CPU lever
-        if precision == "bf16" and device == "cpu" and not _cpu_has_bf16(torch):
+        if precision == "bf16" and device == "cpu" and not cpu_has_native_bf16():
             warnings.warn(
                 "cross_encoder: this CPU has no native bfloat16 (AVX512-BF16/AMX); bf16 is emulated and "
                 "much slower than fp32 here. Use precision='fp32'.", stacklevel=2,
@@ -218,6 +216,13 @@ class CrossEncoderPreRanker(BaseStage):
         self._model = model
         self._device = device
         self._precision = precision
+
+    @property
+    def effective_precision(self) -> str:
+        """The precision the loaded model runs in (``"auto"`` resolved): ``"fp32"``, ``"bf16"``,
+        ``"fp16"`` or ``"int8"``. Loads the model if needed."""
+        self._ensure_warm()
+        return self._precision
 
     def _autocast(self) -> Any:
         if self._precision == "bf16" and not self._device.startswith("cuda"):

@@ -1,20 +1,21 @@
 """Hybrid retrieval: fuse the ranked lists of several retrievers.
 
-Two fusion families (Bruch, Gai & Ingber, "An Analysis of Fusion Functions for Hybrid
-Retrieval", ACM TOIS 2023):
+Three fusion methods:
 
-* ``rrf`` — weighted reciprocal rank fusion: ``sum_i w_i / (rrf_k + rank_i(d))``. Uses ranks only,
+* ``adaptive`` (default for a dense + a lexical input) -- decides per query how much to trust each
+  input: the convex combination of min-max normalised scores with a per-query dense weight
+  ``sigmoid(intercept + coefficients . features)``, the features read from the query and the two
+  candidate lists (see :func:`trust_features`). Any other set of inputs uses ``convex``.
+* ``convex`` -- fixed convex combination of normalised scores: ``sum_i w_i * phi_i(s_i(d))`` with
+  weights summing to 1 (Bruch, Gai & Ingber, "An Analysis of Fusion Functions for Hybrid
+  Retrieval", ACM TOIS 2023). A candidate missing from a retriever's list gets that retriever's
+  normalised minimum (0).
+* ``rrf`` -- weighted reciprocal rank fusion: ``sum_i w_i / (rrf_k + rank_i(d))``. Uses ranks only,
   so it throws away how *much* better one candidate is than the next.
-* ``convex`` — convex combination of normalised scores: ``sum_i w_i * phi_i(s_i(d))`` with weights
-  summing to 1. A candidate missing from a retriever's list gets that retriever's normalised
-  minimum (0).
 
 Normalisations ``phi``: ``minmax`` (per query, ``(s - min) / (max - min)`` over the list),
 ``tmm`` (theoretical min-max: ``(s - floor) / (max - floor)`` with the retriever's lowest
 possible score, -1 for cosine and 0 for BM25), ``zscore`` (per query, mean/std) and ``none``.
-
-The default is ``convex`` with ``minmax`` normalisation and dense-leaning weights (dense 0.7,
-lexical 0.3), see :class:`HybridRetriever` for why.
 """
 
 from __future__ import annotations
@@ -23,20 +24,46 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..pipeline import BaseStage
 from ..types import ContextState, Passage
 from .base import BaseRetriever
 
-__all__ = ["DEFAULT_WEIGHTS", "HybridRetriever", "fuse", "normalize"]
+__all__ = ["ADAPTIVE_MODEL", "DEFAULT_WEIGHTS", "HybridRetriever", "adaptive_weights", "fuse", "normalize",
+           "trust_features"]
 
-Fusion = Literal["convex", "rrf"]
+Fusion = Literal["adaptive", "convex", "rrf"]
 Normalization = Literal["minmax", "tmm", "zscore", "none"]
 
-#: Default convex-combination weight per retriever kind (re-normalised to sum to 1).
+#: Convex-combination weight per retriever kind (re-normalised to sum to 1): the fixed weights of
+#: ``fusion="convex"`` and of ``"adaptive"`` when its inputs are not one dense and one lexical list.
 DEFAULT_WEIGHTS: dict[str, float] = {"dense": 0.7, "lexical": 0.3, "other": 0.5}
+
+#: The per-query trust model of ``fusion="adaptive"``: the dense list's weight is
+#: ``lo + (hi - lo) * sigmoid(intercept + sum(coefficient * feature))`` over
+#: :func:`trust_features`, ``(lo, hi) = ADAPTIVE_RANGE``. Fitted on the dev queries of the
+#: benchmark's four sets (TREC DL 2019, HotpotQA, SQuAD, MuSiQue) and their stress variants (the
+#: same queries with one input weakened), ``python benchmarks/retrieval.py --split dev
+#: --fit-fusion dense_top,dense_gap,lexical_peak,overlap,dense_rates_lexical,lexical_rates_dense,log_query_words``;
+#: the benchmark's test queries and held-out collections never took part. In words: trust the
+#: dense list more when its best match is close (``dense_top``) and stands out (``dense_gap``),
+#: the lexical list more when its best matches stand out (``lexical_peak``) and when the two
+#: lists already agree (``overlap``: little to lose by listening to BM25).
+ADAPTIVE_MODEL: dict[str, float] = {
+    "intercept": -1.3939,
+    "dense_top": 4.3106,
+    "dense_gap": 3.9142,
+    "lexical_peak": -2.99,
+    "overlap": -1.2383,
+    "dense_rates_lexical": -0.1349,
+    "lexical_rates_dense": 0.012,
+    "log_query_words": -0.0364,
+}
+
+#: Bounds of the adaptive dense weight: neither input is ever switched off entirely.
+ADAPTIVE_RANGE: tuple[float, float] = (0.1, 0.9)
 
 
 def normalize(scores: Sequence[float], method: Normalization, floor: float | None = None) -> list[float]:
@@ -63,6 +90,64 @@ def normalize(scores: Sequence[float], method: Normalization, floor: float | Non
     return [(s - lo) / (hi - lo) for s in scores]
 
 
+def trust_features(query: str, dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """What the adaptive fusion reads to decide how much to trust each input for one query.
+
+    Args:
+        query: The query text.
+        dense: The dense retriever's ``(id, score)`` list, best first (cosine similarities).
+        lexical: The lexical retriever's ``(id, score)`` list, best first (BM25 scores).
+
+    Returns:
+        Named features (see :data:`ADAPTIVE_MODEL` for how they are weighed).
+    """
+    return _features(query, [s for _, s in dense], [s for _, s in lexical],
+                     [i for i, _ in dense], [i for i, _ in lexical])
+
+
+def _features(query: str, ds: Sequence[float], ls: Sequence[float], dids: Sequence[str], lids: Sequence[str]) -> dict[str, float]:
+    k = 10
+    d10 = ds[min(k, len(ds)) - 1] if ds else 0.0
+    l10 = ls[min(k, len(ls)) - 1] if ls else 0.0
+    dn = dict(zip(dids, normalize(list(ds), "minmax"), strict=True))
+    ln = dict(zip(lids, normalize(list(ls), "minmax"), strict=True))
+    top_d, top_l = list(dids[:5]), list(lids[:5])
+    return {
+        # how close the best dense match is (cosine) and how far it stands above the 10th
+        "dense_top": float(ds[0]) if ds else 0.0,
+        "dense_gap": float(ds[0] - d10) if ds else 0.0,
+        # how peaked the lexical list is: 0 when the 10th scores like the 1st, near 1 when the
+        # best matches share rare words with the query and the rest do not
+        "lexical_peak": float(1.0 - l10 / ls[0]) if ls and ls[0] > 0 else 0.0,
+        # agreement: shared top 10, and how each input rates the other's top 5
+        "overlap": len(set(dids[:k]) & set(lids[:k])) / max(1, len(set(dids[:k]) | set(lids[:k]))),
+        "dense_rates_lexical": sum(dn.get(i, 0.0) for i in top_l) / max(1, len(top_l)),
+        "lexical_rates_dense": sum(ln.get(i, 0.0) for i in top_d) / max(1, len(top_d)),
+        # long natural-language questions carry names and rare words that BM25 matches exactly
+        "log_query_words": math.log(max(1, len(query.split()))),
+    }
+
+
+def adaptive_weights(query: str, dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]],
+                     model: dict[str, float] | None = None) -> tuple[float, float]:
+    """The ``(dense, lexical)`` weights of the adaptive fusion for one query (they sum to 1).
+
+    Args:
+        query: The query text.
+        dense: The dense list, ``(id, score)`` best first.
+        lexical: The lexical list, ``(id, score)`` best first.
+        model: Intercept and coefficients (default :data:`ADAPTIVE_MODEL`).
+    """
+    m = ADAPTIVE_MODEL if model is None else model
+    if not dense or not lexical:  # one input found nothing: the other decides alone
+        return (1.0, 0.0) if dense else (0.0, 1.0)
+    f = trust_features(query, dense, lexical)
+    z = m.get("intercept", 0.0) + sum(c * f[k] for k, c in m.items() if k != "intercept")
+    lo, hi = ADAPTIVE_RANGE
+    w = lo + (hi - lo) / (1.0 + math.exp(-z))
+    return w, 1.0 - w
+
+
 def fuse(
     ranked_lists: Sequence[Sequence[tuple[str, float]]],
     *,
@@ -71,21 +156,35 @@ def fuse(
     normalization: Normalization = "minmax",
     floors: Sequence[float | None] | None = None,
     rrf_k: int = 60,
+    kinds: Sequence[str] | None = None,
+    query: str | None = None,
 ) -> list[tuple[str, float]]:
     """Fuse ranked lists of ``(id, score)`` (each best first) into one, best first.
 
     Args:
         ranked_lists: One list per retriever.
-        method: ``"convex"`` or ``"rrf"``.
+        method: ``"adaptive"``, ``"convex"`` or ``"rrf"``.
         weights: One weight per list (default: equal). Convex weights are rescaled to sum to 1.
-        normalization: Score normalisation for ``"convex"``.
+            For ``"adaptive"``, the weights used when the inputs are not one dense and one
+            lexical list.
+        normalization: Score normalisation for ``"convex"`` (``"adaptive"`` uses min-max).
         floors: Theoretical minimum score per list (for ``"tmm"``).
         rrf_k: The RRF constant.
+        kinds: Each list's retriever kind (``"dense"``, ``"lexical"``, ``"other"``), for
+            ``"adaptive"``.
+        query: The query text, for ``"adaptive"``.
 
     Returns:
         ``(id, fused score)`` sorted by fused score (ties: by best rank in any list, then id).
     """
     n = len(ranked_lists)
+    if method == "adaptive":
+        kinds = list(kinds or [])
+        if sorted(kinds) == ["dense", "lexical"] and len(ranked_lists) == 2:
+            i_d = kinds.index("dense")
+            wd, wl = adaptive_weights(query or "", ranked_lists[i_d], ranked_lists[1 - i_d])
+            weights = [wd, wl] if i_d == 0 else [wl, wd]
+        method, normalization = "convex", "minmax"
     w = list(weights) if weights is not None else [1.0] * n
     if len(w) != n:
         raise ConfigError(f"fuse: {len(w)} weights for {n} ranked lists")
@@ -112,7 +211,7 @@ def fuse(
         for pid in best_rank:
             fused[pid] = sum(weight * d.get(pid, miss) for weight, d, miss in zip(w, normed, missing, strict=True))
     else:
-        raise ConfigError(f"fuse: unknown method {method!r}; use 'convex' or 'rrf'")
+        raise ConfigError(f"fuse: unknown method {method!r}; use 'adaptive', 'convex' or 'rrf'")
     return sorted(fused.items(), key=lambda kv: (-kv[1], best_rank[kv[0]], kv[0]))
 
 
@@ -124,42 +223,42 @@ class HybridRetriever(BaseRetriever):
     fused and the top ``k`` kept. Every passage keeps each input's score in ``Passage.scores``
     (e.g. ``"chroma"``, ``"bm25"``) plus the fused score under this stage's name.
 
-    Why the default is ``convex`` + ``minmax`` with dense weight 0.7: Bruch et al. (2023) find
-    that a convex combination of normalised scores beats RRF in and out of domain, because RRF
-    keeps only ranks and throws away score gaps (a retriever that is sure and one that is not get
-    the same say), and that the single weight of the combination needs very few queries to set.
-    With min-max normalisation both lists span [0, 1] per query, so the weight alone decides how
-    far the lexical list can move a passage: at 0.7/0.3 BM25 can reorder passages whose dense
-    scores are close, and promote strong exact-term matches (names, numbers, rare words), but
-    cannot push a clearly better dense match down far. That bounds the loss on data sets where
-    BM25 is weak. 0.7/0.3 is a fixed prior (the dense-leaning side that paper reports; Weaviate's
-    default ``alpha=0.75`` is the same idea), not a value fitted to our benchmark's queries;
-    ``benchmarks/retrieval.py`` reports the neighbouring settings too.
+    The default, ``fusion="adaptive"``, decides per query how much to trust each input: a fixed
+    weight suits the collection it was chosen on (dense-leaning weights lose to BM25 on questions
+    full of names, BM25-leaning ones lose to dense on topical or entity search). For one dense
+    and one lexical input it reads the query and the two candidate lists
+    (:func:`trust_features`) and turns them into the dense weight of a min-max convex
+    combination (:func:`adaptive_weights`, bounded to [0.1, 0.9]). Other combinations of inputs,
+    and ``fusion="convex"``, use fixed weights: explicit ``weights`` or each retriever's kind
+    (:data:`DEFAULT_WEIGHTS`: dense 0.7, lexical 0.3, the previous default). ``fusion="rrf"`` is
+    reciprocal rank fusion. The weights used for each query of the last call are in
+    :attr:`last_weights`.
 
     Args:
         retrievers: The input stages (any :class:`BaseRetriever`, or any stage that fills
             ``state.passages``; others are run on copies of the states with their own ``k``).
         k: Passages returned per query.
         candidates: Passages each input retriever fetches before fusion (>= k is enforced).
-        fusion: ``"convex"`` (default) or ``"rrf"``.
+        fusion: ``"adaptive"`` (default), ``"convex"`` or ``"rrf"``.
         normalization: For ``"convex"``: ``"minmax"`` (default), ``"tmm"``, ``"zscore"``,
-            ``"none"``.
-        weights: One weight per retriever; default from each retriever's kind
-            (:data:`DEFAULT_WEIGHTS`: dense 0.7, lexical 0.3; for ``rrf`` the default is equal
-            weights, i.e. plain RRF).
+            ``"none"`` (``"adaptive"`` always uses min-max).
+        weights: One weight per retriever for ``"convex"`` / ``"rrf"`` (and for ``"adaptive"``
+            when the inputs are not one dense and one lexical retriever); default from each
+            retriever's kind (for ``rrf``: equal weights, i.e. plain RRF).
         rrf_k: The RRF constant (60, as in Cormack et al. 2009).
 
     Example:
         >>> hybrid = HybridRetriever(
         ...     retrievers=[ChromaRetriever(path="./index"), BM25Retriever(path="./index")], k=10)
         >>> state = ctxkit.Pipeline([hybrid]).run("who discovered penicillin?")
+        >>> hybrid.last_weights[0]   # this query's (dense, bm25) weights
     """
 
     nested_stage_fields: ClassVar[tuple[str, ...]] = ("retrievers",)
 
     retrievers: list[Any]
     candidates: int = Field(100, gt=0)
-    fusion: Fusion = "convex"
+    fusion: Fusion = "adaptive"
     normalization: Normalization = "minmax"
     weights: list[float] | None = None
     rrf_k: int = Field(60, gt=0)
@@ -190,8 +289,23 @@ class HybridRetriever(BaseRetriever):
             seen.add(r.name)
         return self
 
+    _last_weights: list[list[float]] = PrivateAttr(default_factory=list)
+
+    @property
+    def last_weights(self) -> list[list[float]]:
+        """Per query of the last call, the weight each input had (input order; for ``rrf`` the
+        RRF weights)."""
+        return [list(w) for w in self._last_weights]
+
+    def adaptive(self) -> bool:
+        """Whether the per-query trust model applies: ``fusion="adaptive"`` over exactly one
+        dense and one lexical input."""
+        kinds = sorted(getattr(r, "kind", "other") for r in self.retrievers)
+        return self.fusion == "adaptive" and kinds == ["dense", "lexical"]
+
     def effective_weights(self) -> list[float]:
-        """The weights actually used (explicit, or from the retrievers' kinds)."""
+        """The fixed weights (explicit, or from the retrievers' kinds); with the adaptive fusion
+        over a dense and a lexical input they are the fallback, see :attr:`last_weights`."""
         if self.weights is not None:
             return list(self.weights)
         if self.fusion == "rrf":
@@ -217,7 +331,10 @@ class HybridRetriever(BaseRetriever):
                 per_retriever.append([list(s.passages) for s in states])
         weights = self.effective_weights()
         floors = [getattr(r, "score_floor", None) for r in self.retrievers]
+        kinds = [getattr(r, "kind", "other") for r in self.retrievers]
+        adaptive = self.adaptive()
         out: list[list[Passage]] = []
+        used: list[list[float]] = []
         for qi in range(len(queries)):
             lists: list[list[tuple[str, float]]] = []
             merged: dict[str, Passage] = {}
@@ -231,14 +348,23 @@ class HybridRetriever(BaseRetriever):
                     else:
                         merged[p.id] = p.model_copy(deep=True)
                 lists.append(lst)
-            fused = fuse(
-                lists, method=self.fusion, weights=weights, normalization=self.normalization,
-                floors=floors, rrf_k=self.rrf_k,
-            )
+            if adaptive:
+                i_d = kinds.index("dense")
+                wd, wl = adaptive_weights(queries[qi], lists[i_d], lists[1 - i_d])
+                q_weights = [wd, wl] if i_d == 0 else [wl, wd]
+                fused = fuse(lists, method="convex", weights=q_weights, normalization="minmax")
+            else:
+                method = "convex" if self.fusion == "adaptive" else self.fusion
+                q_weights = weights
+                fused = fuse(lists, method=method, weights=weights, normalization=self.normalization,
+                             floors=floors, rrf_k=self.rrf_k)
+            total = sum(q_weights)
+            used.append([x / total for x in q_weights] if self.fusion != "rrf" else list(q_weights))
             top = []
             for pid, score in fused[:k]:
                 p = merged[pid]
                 self.set_score(p, score)
                 top.append(p)
             out.append(top)
+        self._last_weights = used
         return out
