@@ -17,6 +17,7 @@ MARKERS = {
     "quickstart.py": ["quickstart: ok", "hybrid="],
     "langchain_chain.py": ["langchain_chain: ok", "[conflict (entity)", "A: "],
     "llamaindex_query_engine.py": ["llamaindex_query_engine: ok", "conflicts=['date", "async answer: "],
+    "serve_pipeline.py": ["serve_pipeline: ok", "new document found: ", "without the token: 401"],
 }
 
 
