@@ -209,6 +209,10 @@ def test_packaged_head_is_small_reproducible_and_loads() -> None:
     assert len(ref.read_bytes()) < 20_000
     assert 0.0 < head["threshold"] < 1.0 and "5%" in head["calibration"]
     assert CompositeDetector("default").threshold == head["threshold"]
+    assert "claim_disagreement" not in head["signals"]  # the default needs no judge call per list
+    claims = CompositeDetector("claims", judge=ScriptedJudge())
+    assert "claim_disagreement" in claims.head["signals"] and "claim_disagreement" in claims.signals
+    assert SteeringFilter(detector="claims").detector == "claims"
 
 
 # -- the stage ------------------------------------------------------------------------------------------

@@ -58,6 +58,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPOSITE_HEAD = "composite_head.json"
+"""The shipped head: question echo and answer-first shape (no judge call per list: cheap)."""
+
+CLAIMS_COMPOSITE_HEAD = "composite_head_claims.json"
+"""The shipped head with the claim-disagreement features (``head="claims"``): the claim judge
+reads every pair of on-topic passages of a list (about 90 pairs for 10 passages, about 2 s per
+list on a 2-core CPU); on the dev PoisonedRAG mixtures it moved F1 from 0.9446 to 0.9475."""
 
 HEAD_SIGNALS: dict[str, tuple[str, ...]] = {
     "question_echo": ECHO_FEATURES,
@@ -122,14 +128,16 @@ def _read_head(head: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(head, Mapping):
         out = dict(head)
     else:
-        if str(head) == "default":
-            ref = resources.files("ctxkit.faithfulness.steering") / "data" / DEFAULT_COMPOSITE_HEAD
+        if str(head) in ("default", "claims"):
+            name = DEFAULT_COMPOSITE_HEAD if str(head) == "default" else CLAIMS_COMPOSITE_HEAD
+            ref = resources.files("ctxkit.faithfulness.steering") / "data" / name
             try:
                 out = json.loads(ref.read_text(encoding="utf-8"))
             except (FileNotFoundError, OSError) as exc:
                 raise ModelNotAvailableError(
-                    "the packaged composite steering head is missing; rebuild it with `python benchmarks/steering.py "
-                    "--export-head ctxkit/faithfulness/steering/data/composite_head.json`") from exc
+                    f"the packaged composite steering head {name} is missing; rebuild it with `python "
+                    f"benchmarks/steering.py --export-head ctxkit/faithfulness/steering/data/{name}` (add --judge "
+                    "default for the claims head)") from exc
         else:
             try:
                 out = json.loads(Path(head).read_text(encoding="utf-8"))
@@ -148,7 +156,8 @@ class CompositeDetector:
     """Calibrated probability per passage that the model should not use it, from named signals.
 
     Args:
-        head: ``"default"`` (the packaged head), a head JSON path or dict (:func:`fit_head`), or
+        head: ``"default"`` (the packaged head), ``"claims"`` (the packaged head with the
+            claim-disagreement features: a judge call per list), a head JSON path or dict (:func:`fit_head`), or
             ``None`` (no trained head: only the noisy-OR signals count).
         signals: Signal names to use (default: all of :data:`SIGNALS` the configuration supports;
             ``llm`` needs ``llm``). Switching a head signal off holds its features at the

@@ -35,7 +35,8 @@ class SteeringFilter(BaseStage):
 
     Attributes:
         detector: ``"default"`` (the :class:`~ctxkit.faithfulness.steering.composite.CompositeDetector`
-            with the head shipped with ctxkit), ``"set"`` (the older set-structure
+            with the head shipped with ctxkit), ``"claims"`` (the shipped head that also reads the
+            passages' claims with the claim judge: slower), ``"set"`` (the older set-structure
             :class:`~ctxkit.faithfulness.steering.detectors.SetDetector`), a path to a head JSON
             (composite or set head), or ``{"type": "llm", "generator": <spec>, ...}`` for an
             :class:`~ctxkit.faithfulness.steering.detectors.LLMDetector`. A detector object is
@@ -76,8 +77,8 @@ class SteeringFilter(BaseStage):
     def _check_detector(cls, v: Any) -> Any:
         if isinstance(v, str | Path):
             v = str(v)
-            if v not in ("default", "set") and not Path(v).is_file():
-                raise ValueError(f"detector must be 'default', 'set', an existing head JSON path, or an llm spec; "
+            if v not in ("default", "claims", "set") and not Path(v).is_file():
+                raise ValueError(f"detector must be 'default', 'claims', 'set', an existing head JSON path, or an llm spec; "
                                  f"{v!r} is not a file")
             return v
         if isinstance(v, Mapping):
@@ -108,8 +109,8 @@ class SteeringFilter(BaseStage):
         from .detectors import LLMDetector, SetDetector, default_detector
 
         d = self.detector
-        if d == "default":
-            self._det = CompositeDetector("default", signals=self.signals, embedder=self.embedder, device=self.device)
+        if d in ("default", "claims"):
+            self._det = CompositeDetector(d, signals=self.signals, embedder=self.embedder, device=self.device)
         elif d == "set":
             self._det = default_detector()
         elif isinstance(d, str):
