@@ -633,11 +633,14 @@ def test_progress_is_shown_in_chunks_while_one_big_document_is_embedded(tmp_path
     import ctxkit.retrievers.store.index as index_mod
 
     monkeypatch.setattr(index_mod, "EMBED_STEP", 16)
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update (tqdm reads TQDM_* defaults)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # draw every update (tqdm reads TQDM_* defaults),
+    monkeypatch.setenv("TQDM_MINITERS", "1")  # however fast the updates come (no dynamic skipping)
     idx = Index(tmp_path / "idx", chunk_size=10, chunk_overlap=0, device="cpu")
     big = Document(id="big", text=" ".join(f"Sentence {i} is about lava." for i in range(100)))
     n = len(idx.chunk_document(big))
     assert n > 40
     idx.add([big], show_progress=True)
     counts = [int(c) for c in re.findall(r"ingest: (\d+)chunk \[", capfd.readouterr().err)]
-    assert {16, 32} <= set(counts) and max(counts) == n  # advanced inside the single document
+    # advanced inside the single document, in EMBED_STEP slices (tqdm may skip drawing a fast step)
+    inside = [c for c in counts if 0 < c < n]
+    assert inside and all(c % 16 == 0 for c in inside) and max(counts) == n, counts
