@@ -62,8 +62,8 @@ DEFAULT_COMPOSITE_HEAD = "composite_head.json"
 
 CLAIMS_COMPOSITE_HEAD = "composite_head_claims.json"
 """The shipped head with the claim-disagreement features (``head="claims"``): the claim judge
-reads every pair of on-topic passages of a list (about 90 pairs for 10 passages, about 2 s per
-list on a 2-core CPU); on the dev PoisonedRAG mixtures it moved F1 from 0.9446 to 0.9475."""
+reads every pair of on-topic passages of a list (about 90 pairs for 10 passages; its cost was not
+timed separately); on the dev PoisonedRAG mixtures it moved F1 from 0.9446 to 0.9475."""
 
 HEAD_SIGNALS: dict[str, tuple[str, ...]] = {
     "question_echo": ECHO_FEATURES,
