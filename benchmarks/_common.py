@@ -184,3 +184,19 @@ def machine() -> dict[str, Any]:
         out["gpu"] = torch.cuda.get_device_name(0)
         out["cuda"] = torch.version.cuda
     return out
+
+
+def auc(pos: Any, neg: Any) -> float:
+    """Probability that a positive item scores above a negative one (ties count half; NaN when
+    either side is empty): the Mann-Whitney statistic from average ranks."""
+    import numpy as np
+
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    ranks = allv.argsort().argsort().astype(float) + 1
+    for v in np.unique(allv):  # average ranks of ties
+        m = allv == v
+        ranks[m] = ranks[m].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

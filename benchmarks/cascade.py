@@ -5,6 +5,9 @@ Parts (``--parts sim,speed,trecdl,mmlu``; default all):
 * ``sim``: seeded simulation of users whose reward depends on a hidden item trait and on position.
   Pre-ranked order vs a FeedbackRanker trained on the logged feedback vs a placebo trained on the
   same lists with shuffled rewards, over several seeds. No models.
+* ``simdiag`` (not in the default parts): diagnostics of the simulation on its development
+  seeds: gain vs amount of feedback, unseen vs recurring source phrasings, how much the feedback
+  says about each item, and the learner's upper bound with the trait handed to it.
 * ``speed``: 50 queries x 50 candidates (BM25 top-50 from the TREC DL 2019 5000-passage corpus),
   re-ranked by ctxkit's CrossEncoderPreRanker vs LangChain ContextualCompressionRetriever +
   CrossEncoderReranker (HuggingFaceCrossEncoder) and LlamaIndex SentenceTransformerRerank, same
@@ -51,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from _common import data_missing, data_root, machine, ndcg_at, recall_at, write_json
+from _common import auc, data_missing, data_root, machine, ndcg_at, recall_at, write_json
 
 from ctxkit import ContextState, Passage
 from ctxkit.rankers import FeedbackRanker, FeedbackStore, ShownList
@@ -103,19 +106,24 @@ def _sim_split(qid: str) -> str:
     return "train" if h % 10 < 6 else "test"
 
 
-def _sim_texts(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """Per question: its candidates in two versions (reliable / unreliable source line), and all texts."""
+def _sim_texts(rows: list[dict], phrasings: str = "unseen") -> tuple[list[dict], list[str]]:
+    """Per question: its candidates in two versions (reliable / unreliable source line), and all texts.
+
+    ``phrasings="unseen"`` (the reported design): test queries use source phrasings never seen in
+    training; ``"recurring"`` (a diagnostic): every query draws from the training phrasings, as
+    when the same sources recur across queries."""
     queries, texts = [], []
     for r in rows:
         if not r.get("context"):
             continue
         split = _sim_split(r["_id"])
+        style = split if phrasings == "unseen" else "train"
         support = {t for t, _ in r["supporting_facts"]}
         cands = []
         for j, (title, sents) in enumerate(r["context"]):
             body = f"{title}: {sents[0].strip()}"  # the first sentence (embedding cost)
             k = int(hashlib.sha1(f"{r['_id']}:{title}".encode()).hexdigest()[:4], 16)
-            versions = [f"{UNRELIABLE[split][k % 4]} {body}", f"{RELIABLE[split][k % 4]} {body}"]
+            versions = [f"{UNRELIABLE[style][k % 4]} {body}", f"{RELIABLE[style][k % 4]} {body}"]
             texts += versions
             cands.append({"id": f"{r['_id']}#{j}", "versions": versions, "support": float(title in support)})
         queries.append({"id": r["_id"], "query": r["question"], "split": split, "cands": cands})
@@ -140,13 +148,16 @@ def _sim_state(q: dict, reliable: np.ndarray, memo: _MemoEmbedder) -> ContextSta
     return ContextState(query=q["query"], passages=ps)
 
 
-def _hide(states: list[ContextState]) -> list[ContextState]:
-    """Copies without the simulator's truth (what the ranker and the store may see)."""
+def _hide(states: list[ContextState], trait_visible: bool = False) -> list[ContextState]:
+    """Copies without the simulator's truth (what the ranker and the store may see).
+
+    ``trait_visible`` (a diagnostic, never a reported policy) keeps the reliable-source trait as
+    the metadata field ``trait``: the learner's upper bound when the signal is handed to it."""
     out = []
     for s in states:
         c = s.model_copy(deep=True)
         for p in c.passages:
-            p.metadata = {}
+            p.metadata = {"trait": p.metadata["_reliable"]} if trait_visible else {}
         out.append(c)
     return out
 
@@ -164,10 +175,13 @@ SIM_RANKERS = ("trained", "trained_undebiased", "trained_uniform", "trained_know
 
 
 def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
-             rankers_run: tuple[str, ...] = SIM_RANKERS) -> dict:
+             rankers_run: tuple[str, ...] = SIM_RANKERS, lists_per_query: int | None = None,
+             phrasings: str = "unseen", trait_visible: bool = False) -> dict:
     """The earned simulation (see the module docstring and ``SIM``); skips without HotpotQA.
 
     ``rankers_run``: the trained policies to run (each is a fit per seed; the others are skipped).
+    ``lists_per_query`` (default ``SIM``'s), ``phrasings`` (see :func:`_sim_texts`) and
+    ``trait_visible`` (see :func:`_hide`) vary the setup for :func:`sim_diagnostics`.
     """
     from ctxkit.models import get_embedder
     from ctxkit.rankers import Arranger
@@ -178,7 +192,8 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
         return {}
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    queries, texts = _sim_texts(rows)
+    queries, texts = _sim_texts(rows, phrasings)
+    n_lists = lists_per_query or SIM["lists_per_query"]
     memo = _MemoEmbedder(get_embedder("default", device=device))
     cache = workdir / "sim_embeddings.npz"  # the vectors depend only on the texts: reuse them
     if cache.exists():
@@ -194,7 +209,7 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     n_show = SIM["shown"]
     policies = tuple(k for k in SIM_POLICIES if k not in SIM_RANKERS or k in rankers_run)
     res: dict[str, list[float]] = {k: [] for k in policies}
-    thetas = []
+    thetas, credit_auc = [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         states = {q["id"]: _sim_state(q, rng.random(len(q["cands"])) < SIM["trait_rate"], memo) for q in queries}
@@ -204,9 +219,9 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
         store = FeedbackStore(store_path)
         with store.transaction():
             for q in train:
-                cands = _hide([states[q["id"]]])[0].passages  # pre-ranked, best first
+                cands = _hide([states[q["id"]]], trait_visible)[0].passages  # pre-ranked, best first
                 m = min(n_show, len(cands))  # a few questions have fewer paragraphs than shown slots
-                for _ in range(SIM["lists_per_query"]):
+                for _ in range(n_lists):
                     # the production ranking (pre-ranked top 5) with exploration: each slot is swapped
                     # for a random unshown candidate with probability explore_swap
                     idx = list(range(m))
@@ -225,7 +240,8 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
         rewards = [sl.reward for sl in lists]
         perm = np.random.default_rng(seed + 1000).permutation(len(rewards))
         shuffled = [ShownList(sl.list_id, sl.query, sl.items, [rewards[j]]) for sl, j in zip(lists, perm, strict=True)]
-        base = {"k": n_show, "use_embeddings": True, "seed": seed, **SIM["ranker"]}
+        base = {"k": n_show, "use_embeddings": True, "seed": seed, **SIM["ranker"],
+                **({"metadata_features": ["trait"]} if trait_visible else {})}
         rankers = {
             "trained": (FeedbackRanker(**base), lists),
             "trained_undebiased": (FeedbackRanker(**base, credit="dcg"), lists),
@@ -235,14 +251,19 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
         }
         rankers = {k: v for k, v in rankers.items() if k in rankers_run}
         row: dict[str, float] = {}
-        test_states = _hide([states[q["id"]] for q in test])
+        test_states = _hide([states[q["id"]] for q in test], trait_visible)
         for name, (ranker, data_lists) in rankers.items():
             ranker._emb = memo  # the cached MiniLM vectors (same model, no re-encoding)
             ranker.fit(data_lists)
             ranked = arranger(ranker([s.model_copy(deep=True) for s in test_states]))
             row[name] = statistics.fmean(_expected_use(s.passages, truth) for s in ranked)
         thetas.append(rankers["trained"][0].position_effects if "trained" in rankers else [])
-        pre = arranger([ContextState(query=s.query, passages=s.passages[:n_show]) for s in _hide(test_states)])
+        if "trained" in rankers:  # how much the feedback says about each item's hidden trait
+            credit = rankers["trained"][0].item_credit(lists)
+            pairs = [(v, truth[i].metadata["_reliable"]) for per_q in credit.values() for i, v in per_q.items()]
+            credit_auc.append(auc([v for v, r in pairs if r], [v for v, r in pairs if not r]))
+        pre = arranger([ContextState(query=s.query, passages=s.passages[:n_show])
+                        for s in (t.model_copy(deep=True) for t in test_states)])
         row["preranked"] = statistics.fmean(_expected_use(s.passages, truth) for s in pre)
         best = [sorted(s.passages, key=lambda p: -_use_prob(truth[p.id]))[:n_show] for s in test_states]
         orc = arranger([ContextState(query="o", passages=b) for b in best])
@@ -256,7 +277,9 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     out["seeds"] = list(seeds)
     out["per_seed"] = {k: [round(x, 4) for x in v] for k, v in res.items()}
     out["estimated_propensities"] = [[round(x, 3) for x in t] for t in thetas]
-    out["setup"] = SIM
+    if credit_auc:
+        out["item_credit_auc"] = [round(a, 4) for a in credit_auc]
+    out["setup"] = {**SIM, "lists_per_query": n_lists, "phrasings": phrasings, "trait_visible": trait_visible}
     out["queries"] = {"train": len(train), "test": len(test)}
     # how little the pre-ranker sees of what the reader values: its score vs the source trait
     sc = np.array([p.scores["bi_encoder"] for s in states.values() for p in s.passages])
@@ -264,6 +287,57 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     sup = np.array([p.metadata["_support"] for s in states.values() for p in s.passages])
     out["prerank_corr"] = {"reliable_source": round(float(np.corrcoef(sc, rel)[0, 1]), 4),
                            "supporting": round(float(np.corrcoef(sc, sup)[0, 1]), 4)}
+    return out
+
+
+def _probe_auc(workdir: Path, data: Path, phrasings: str) -> float:
+    """Ceiling of what the passage embedding says about the trait: a logistic probe trained on the
+    TRUE reliable/unreliable labels of the training queries' passages, AUC on the test queries'."""
+    from sklearn.linear_model import LogisticRegression
+
+    with open(data / "hotpotqa" / "hotpot_dev_distractor_500.jsonl", encoding="utf-8") as f:
+        queries, _ = _sim_texts([json.loads(line) for line in f], phrasings)
+    saved = np.load(workdir / "sim_embeddings.npz", allow_pickle=False)
+    vec = dict(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+    xy: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
+    for q in queries:
+        for c in q["cands"]:
+            for flag, text in enumerate(c["versions"]):
+                xy[q["split"]][0].append(vec[text])
+                xy[q["split"]][1].append(flag)
+    probe = LogisticRegression(C=1.0, max_iter=2000).fit(np.array(xy["train"][0]), xy["train"][1])
+    s = probe.decision_function(np.array(xy["test"][0]))
+    y = np.array(xy["test"][1], dtype=bool)
+    return auc(s[y], s[~y])
+
+
+def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple[int, ...] = (4, 16, 64)) -> dict:
+    """Why the trained ranker does or does not earn its gain, on the development seeds only.
+
+    For both source phrasings (``unseen``: the reported design; ``recurring``: the same sources in
+    train and test) and several amounts of feedback (lists logged per training query): pre-ranked,
+    trained (``credit="ips"``) and placebo, the AUC of the items' inverse-propensity credit against
+    their hidden trait (how much the feedback says), and the probe ceiling (:func:`_probe_auc`).
+    Plus the learner's upper bound: the trait handed to it as a feature (``trait_visible``; a
+    diagnostic, never a policy)."""
+    seeds = SIM["dev_seeds"]
+    out: dict = {"seeds": seeds, "lists_per_query": list(sizes), "curves": {}}
+    for phr in ("unseen", "recurring"):
+        rows = {}
+        for n in sizes:
+            r = simulate(seeds, workdir, data, device, ("trained", "placebo"), lists_per_query=n, phrasings=phr)
+            if not r:
+                return {}
+            sd = max(r["preranked_std"], 1e-9)
+            rows[str(n)] = {k: r[k] for k in ("preranked", "preranked_std", "trained", "trained_std", "placebo",
+                                             "placebo_std", "oracle")}
+            rows[str(n)]["trained_gain_in_preranked_std"] = round((r["trained"] - r["preranked"]) / sd, 2)
+            rows[str(n)]["item_credit_auc"] = round(statistics.fmean(r["item_credit_auc"]), 4)
+            log(f"simdiag {phr} x{n}: " + json.dumps(rows[str(n)]))
+        out["curves"][phr] = {"by_lists_per_query": rows, "probe_auc_true_labels": round(_probe_auc(workdir, data, phr), 4)}
+    r = simulate(seeds, workdir, data, device, ("trained",), trait_visible=True)
+    out["trait_visible"] = {k: r[k] for k in ("preranked", "trained", "trained_std", "oracle")}
+    out["trait_visible"]["lists_per_query"] = SIM["lists_per_query"]
     return out
 
 
@@ -879,6 +953,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["simulation_dev"] = simulate(SIM["dev_seeds"], workdir, data, args.device, rankers_run)
             else:
                 results["simulation"] = simulate(list(range(args.seeds)), workdir, data, args.device, rankers_run)
+        elif part == "simdiag":
+            results["simulation_diagnostics"] = sim_diagnostics(workdir, data, args.device)
         elif part == "speed":
             results["speed" if args.device == "cpu" else f"speed_{args.device.split(':')[0]}"] = speed(
                 data if have_data else None, workdir, args.device, n_queries=args.speed_queries, repeats=args.repeats,

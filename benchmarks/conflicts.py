@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import data_missing, data_path, machine, write_json
+from _common import auc, data_missing, data_path, machine, write_json
 
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
 from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES
@@ -143,18 +143,6 @@ class CachedJudge:
             probs = self.judge.predict([b for b, _ in todo], [t for _, t in todo])
             self.cache.update(zip(todo, probs, strict=True))
         return np.stack([self.cache[p] for p in pairs]) if pairs else np.zeros((0, 3))
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a conflicting item scores above a supporting one (ties count half)."""
-    if not len(pos) or not len(neg):
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    ranks = allv.argsort().argsort().astype(float) + 1
-    for v in np.unique(allv):  # average ranks of ties
-        m = allv == v
-        ranks[m] = ranks[m].mean()
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def detection(items: list[dict], det: ConflictDetector) -> tuple[dict, np.ndarray, np.ndarray]:

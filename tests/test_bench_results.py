@@ -41,3 +41,13 @@ def test_hand_assembled_gpu_figures_are_marked_not_reproduced():
     assert len(sections) >= 6  # machines + every section that shows H100 figures
     for section in sections:
         assert "not reproduced" in " ".join(section.lower().split()), section.splitlines()[0]
+
+
+def test_auc_counts_ties_half_and_is_nan_without_both_classes(bench_module):
+    import math
+
+    auc = bench_module("_common").auc
+    assert auc([3.0, 2.0], [1.0, 0.0]) == 1.0
+    assert auc([0.0], [1.0]) == 0.0
+    assert auc([1.0, 0.0], [1.0]) == 0.25  # one tie (half) and one loss
+    assert math.isnan(auc([], [1.0])) and math.isnan(auc([1.0], []))
