@@ -124,27 +124,6 @@ def unrelated_items(items: list[dict]) -> list[dict]:
             for it, nxt in zip(support, support[1:] + support[:1]) if nxt["id"] != it["id"]]
 
 
-class CachedJudge:
-    """The packaged judge with an in-process cache of its pair outputs: the benchmark reads each
-    item three times (passage scores, flags, localisation), the judge computes each pair once.
-    Same model, calibration and outputs as ``ConflictDetector()``'s default."""
-
-    def __init__(self, judge: str = "default", device: str = "auto") -> None:
-        from ctxkit.faithfulness.judge import ClaimJudge
-
-        self.judge = ClaimJudge(judge, device=device)
-        self.config = self.judge.config
-        self.cache: dict[tuple[str, str], np.ndarray] = {}
-
-    def predict(self, beliefs: list[str], texts: list[str]) -> np.ndarray:
-        pairs = list(zip(beliefs, texts, strict=True))
-        todo = list(dict.fromkeys(p for p in pairs if p not in self.cache))
-        if todo:
-            probs = self.judge.predict([b for b, _ in todo], [t for _, t in todo])
-            self.cache.update(zip(todo, probs, strict=True))
-        return np.stack([self.cache[p] for p in pairs]) if pairs else np.zeros((0, 3))
-
-
 def detection(items: list[dict], det: ConflictDetector) -> tuple[dict, np.ndarray, np.ndarray]:
     """Scores and flags of every item through the public API, and the set's metrics."""
     beliefs = [[it["belief"]] for it in items]
@@ -301,7 +280,11 @@ def main() -> int:
         judge_json.write_text(json.dumps(info, indent=1))
         print(json.dumps(cal, indent=1))
         return 0
-    det = ConflictDetector(device=args.device, judge=CachedJudge(device=args.device))
+    from ctxkit.faithfulness.judge import ClaimJudge
+
+    # the packaged judge keeping every verdict: the benchmark reads each item three times (passage
+    # scores, flags, localisation); same model, calibration and outputs as ConflictDetector()'s
+    det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None))
     base = ConflictDetector(judge=None, device=args.device) if args.baseline else None
     results: dict = {"command": " ".join(["python", "benchmarks/conflicts.py", *sys.argv[1:]]), "split": args.split,
                      "machine": machine(), "detection": {}, "localisation": {},

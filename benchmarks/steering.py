@@ -322,7 +322,8 @@ def main() -> int:
     if args.export_head and wanted is None:
         probe.signals = [s for s in probe.signals if s in all_signals]
     signals = [s for s in (wanted or probe.signals) if s in all_signals]
-    det = CompositeDetector(None, signals=signals, judge=args.judge, device="cpu")
+    # a batch job: keep every embedding and verdict (the caches are saved for the next run)
+    det = CompositeDetector(None, signals=signals, judge=args.judge, device="cpu", cache_size=None)
     _load_cache(det, work)
     for name, ls in (("clean", clean), ("poisonedrag", poison), ("testbed", testbed), ("on-topic", ontopic)):
         compute(det, ls, work, name)

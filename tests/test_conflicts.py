@@ -82,6 +82,23 @@ def test_judge_probabilities_are_calibrated_rows(detector) -> None:
     assert probs[0].argmax() == 0 and probs[1].argmax() == 2  # a copy supports; another topic is unrelated
 
 
+def test_judge_is_shared_between_stages_and_judges_each_pair_once(detector, monkeypatch) -> None:
+    from ctxkit.faithfulness.judge import shared_judge
+    from ctxkit.faithfulness.steering.composite import CompositeDetector
+
+    judge = detector.judge
+    assert judge is shared_judge() is CompositeDetector("default").judge is ConflictDetector().judge
+    pairs = (["The tower is 330 m tall.", "The tower is 330 m tall."], ["It is 330 m high.", "It is 200 m high."])
+    first = judge.predict(*pairs)
+    seen = []
+    real = judge.logits
+    monkeypatch.setattr(judge, "logits", lambda b, t: seen.append(len(b)) or real(b, t))  # a spy: counts calls
+    again = judge.predict(*pairs)
+    assert seen == [] and np.array_equal(first, again)  # served from the verdict cache
+    judge.predict(["The tower is 330 m tall."] * 2, ["It is 330 m high.", "Owls hunt at night in the old barn."])
+    assert seen == [1]  # only the new pair went through the model
+
+
 def test_span_kinds_and_extraction() -> None:
     assert span_kind("1889") == "date"
     assert span_kind("May 1990") == "date"

@@ -175,6 +175,21 @@ def test_composite_policies_and_beliefs_combine_by_noisy_or(minilm) -> None:
     assert det.score([QUERY], [texts])[0][1] == 0.0  # no beliefs: no belief conflict
 
 
+def test_composite_caches_are_bounded_and_a_call_larger_than_them_still_works(minilm) -> None:
+    judge = ScriptedJudge()
+    det = CompositeDetector(_head(), judge=judge, embedder=minilm, offensive=OffensiveLanguagePolicy("none"),
+                            cache_size=3)
+    small = det.signal_scores([QUERY], [LIST])[0]  # 7 texts to embed, 3 kept
+    assert len(det.emb_cache) == 3 and len(det.judge_cache) <= 3
+    big = CompositeDetector(_head(), judge=ScriptedJudge(), embedder=minilm, offensive=OffensiveLanguagePolicy("none"),
+                            cache_size=None).signal_scores([QUERY], [LIST])[0]
+    assert np.allclose(small["probability"], big["probability"])
+    calls = len(judge.calls)
+    det.judge_pairs([("x 1889", "y 1889")])
+    det.judge_pairs([("x 1889", "y 1889")])  # cached: judged once
+    assert len(judge.calls) == calls + 1
+
+
 def test_composite_errors_say_what_to_do(tmp_path: Path, minilm) -> None:
     with pytest.raises(ConfigError, match="choose from"):
         CompositeDetector(None, signals=["vibes"])

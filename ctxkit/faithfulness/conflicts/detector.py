@@ -174,9 +174,9 @@ class ConflictDetector:
 
     def _load_judge(self, judge: Any) -> Any:
         if isinstance(judge, str):
-            from ..judge.model import ClaimJudge
+            from ..judge.model import shared_judge
 
-            return ClaimJudge(judge, device=self.device, batch_size=self.batch_size)
+            return shared_judge(judge, device=self.device, batch_size=self.batch_size)
         if not callable(getattr(judge, "predict", None)):
             raise ConfigError(
                 "ConflictDetector: judge must be 'default', a judge folder, an object with "

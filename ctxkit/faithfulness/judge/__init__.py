@@ -4,7 +4,8 @@ Shared by conflict detection (:class:`~ctxkit.faithfulness.conflicts.ConflictDet
 steering. Modules:
 
 * ``model``: :class:`ClaimJudge`, the packaged cross-encoder (low-rank updates of
-  all-MiniLM-L6-v2 plus a head, merged at load time), and the network used to train it.
+  all-MiniLM-L6-v2 plus a head, merged at load time), :func:`shared_judge` (one instance and
+  verdict cache per judge in a process), and the network used to train it.
 * ``llm``: :class:`LLMClaimJudge`, the same interface answered by any generator.
 * ``data`` / ``perturb``: labelled pairs built offline from text with known answers (value
   swaps, negation and opposite-word flips, contrasts, unrelated sentences).
@@ -30,6 +31,7 @@ __all__ = [
     "LLMClaimJudge",
     "build_pairs",
     "build_pairs_from_data",
+    "shared_judge",
     "split_of",
     "train_judge",
 ]
@@ -38,6 +40,7 @@ _LAZY: dict[str, str] = {
     "LABELS": "ctxkit.faithfulness.judge.data",
     "JudgePair": "ctxkit.faithfulness.judge.data",
     "ClaimJudge": "ctxkit.faithfulness.judge.model",
+    "shared_judge": "ctxkit.faithfulness.judge.model",
     "LLMClaimJudge": "ctxkit.faithfulness.judge.llm",
     "split_of": "ctxkit.faithfulness.judge.sources",
     "JudgeTrainConfig": "ctxkit.faithfulness.judge.train",
@@ -49,7 +52,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:
     from .data import LABELS, JudgePair
     from .llm import LLMClaimJudge
-    from .model import ClaimJudge
+    from .model import ClaimJudge, shared_judge
     from .sources import split_of
     from .train import JudgeTrainConfig, build_pairs, build_pairs_from_data, train_judge
 

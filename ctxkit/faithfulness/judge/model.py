@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..._lazy import require
+from ..._lru import LRUCache
 from ...errors import ConfigError, InputError, ModelNotAvailableError
 from ...models import cpu_has_native_bf16  # re-exported: train.py and callers import it from here
 from .data import LABELS
@@ -31,6 +33,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "lora_targets",
     "merge_shipped_state",
+    "shared_judge",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,10 @@ class ClaimJudge:
         batch_size: Pairs per forward pass.
         dtype: ``"auto"`` (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), or
             ``"float32"``, ``"float16"``, ``"bfloat16"``.
+        cache_size: ``(belief, text)`` verdicts of :meth:`predict` kept for reuse (least recently
+            used dropped first; ``0``: none, ``None``: unbounded). Stages that read the same pairs
+            (conflict detection and steering's belief conflicts) judge them once through
+            :func:`shared_judge`.
 
     Example:
         >>> judge = ClaimJudge()
@@ -137,9 +144,11 @@ class ClaimJudge:
     """
 
     def __init__(self, path: str = DEFAULT_JUDGE, *, device: str = "auto", batch_size: int = 64,
-                 dtype: str = "auto") -> None:
+                 dtype: str = "auto", cache_size: int | None = 20_000) -> None:
         if batch_size < 1:
             raise ConfigError(f"ClaimJudge: batch_size must be >= 1, got {batch_size}")
+        if cache_size is not None and cache_size < 0:
+            raise ConfigError(f"ClaimJudge: cache_size must be >= 0 or None, got {cache_size}")
         self.path = path
         self.device = device
         self.batch_size = batch_size
@@ -156,6 +165,7 @@ class ClaimJudge:
         self.temperature = float(self.config.get("temperature", 1.0))
         self._net: Any = None
         self._tok: Any = None
+        self.cache: LRUCache | None = LRUCache(cache_size) if cache_size != 0 else None
 
     @property
     def max_length(self) -> int:
@@ -211,11 +221,42 @@ class ClaimJudge:
         return out
 
     def predict(self, beliefs: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Calibrated probabilities, shape ``(n, 3)``: columns support, conflict, unrelated."""
-        z = self.logits(beliefs, texts) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        """Calibrated probabilities, shape ``(n, 3)``: columns support, conflict, unrelated
+        (pairs judged before and still in :attr:`cache` are not judged again)."""
+        if len(beliefs) != len(texts):
+            raise InputError(f"ClaimJudge: {len(beliefs)} beliefs but {len(texts)} texts")
+        pairs = list(zip(beliefs, texts, strict=True))
+        known = {} if self.cache is None else {p: v for p in dict.fromkeys(pairs) if (v := self.cache.get(p)) is not None}
+        todo = [p for p in dict.fromkeys(pairs) if p not in known]
+        if todo:
+            z = self.logits([b for b, _ in todo], [t for _, t in todo]) / self.temperature
+            z -= z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            fresh = dict(zip(todo, e / e.sum(axis=1, keepdims=True), strict=True))
+            if self.cache is not None:
+                self.cache.update(fresh)
+            known.update(fresh)
+        if not pairs:
+            return np.zeros((0, len(LABELS)), np.float32)
+        return np.stack([known[p] for p in pairs])
+
+
+_SHARED: dict[tuple[str, str, int, str], ClaimJudge] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_judge(path: str = DEFAULT_JUDGE, *, device: str = "auto", batch_size: int = 64,
+                 dtype: str = "auto") -> ClaimJudge:
+    """One :class:`ClaimJudge` per judge folder and settings in this process: stages that load the
+    same judge share its weights and its verdict cache (a pipeline that runs conflict detection
+    and steering's belief conflicts judges each pair once)."""
+    folder = str(_packaged_dir() if path == DEFAULT_JUDGE else Path(path).resolve())
+    key = (folder, device, batch_size, dtype)
+    with _SHARED_LOCK:
+        judge = _SHARED.get(key)
+        if judge is None:
+            judge = _SHARED[key] = ClaimJudge(path, device=device, batch_size=batch_size, dtype=dtype)
+        return judge
 
 
 def merge_shipped_state(net: Any, state: dict[str, Any], alpha: float) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._lru import LRUCache
 from ...errors import ConfigError, InputError, ModelNotAvailableError
 from .policies import OffensiveLanguagePolicy, SensitiveInfoPolicy
 from .signals import (
@@ -176,6 +177,10 @@ class CompositeDetector:
         pair_similarity: Claims less similar than this are not judged (unrelated).
         threshold: Decision threshold (default: the head's calibrated one, else 0.5).
         device: Device of the judge.
+        cache_size: Texts whose embeddings, and ``(belief, text)`` pairs whose judge verdicts,
+            are kept for reuse across calls (least recently used dropped first; ``None``:
+            unbounded, for batch jobs). Bounded by default so that a stage a service keeps alive
+            does not grow with every request.
     """
 
     calibrated = True
@@ -196,6 +201,7 @@ class CompositeDetector:
         pair_similarity: float = 0.3,
         threshold: float | None = None,
         device: str = "auto",
+        cache_size: int | None = 20_000,
     ) -> None:
         self.head = _read_head(head) if head is not None else None
         wanted = list(SIGNALS if signals is None else signals)
@@ -233,9 +239,9 @@ class CompositeDetector:
         self.pair_similarity = pair_similarity
         self._threshold = threshold
         self.device = device
-        self.judge_cache: dict[tuple[str, str], np.ndarray] = {}
+        self.judge_cache = LRUCache(cache_size)
         self._conflicts: Any = None
-        self.emb_cache: dict[str, np.ndarray] = {}
+        self.emb_cache = LRUCache(cache_size)
 
     # -- components ------------------------------------------------------------------------------
     @property
@@ -258,9 +264,9 @@ class CompositeDetector:
     def judge(self) -> Any:
         """The claim judge (loaded on first use)."""
         if self._judge is None:
-            from ..judge import ClaimJudge
+            from ..judge import shared_judge
 
-            self._judge = ClaimJudge(str(self._judge_setting), device=self.device)
+            self._judge = shared_judge(str(self._judge_setting), device=self.device)
         return self._judge
 
     @property
@@ -280,19 +286,26 @@ class CompositeDetector:
             self.judge.predict(["a"], ["a"])
 
     # -- building blocks -------------------------------------------------------------------------
-    def embed(self, texts: Sequence[str]) -> None:
-        """Embed texts not cached yet, in one call."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self.emb_cache))
+    def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embeddings of ``texts`` (those not cached are encoded in one call)."""
+        found = {t: v for t in dict.fromkeys(texts) if (v := self.emb_cache.get(t)) is not None}
+        todo = [t for t in dict.fromkeys(texts) if t not in found]
         if todo:
-            self.emb_cache.update(zip(todo, np.asarray(self.embedder.encode(todo)), strict=True))
+            fresh = dict(zip(todo, np.asarray(self.embedder.encode(todo)), strict=True))
+            self.emb_cache.update(fresh)
+            found.update(fresh)
+        return found
 
     def judge_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Judge probabilities for ``(belief, text)`` pairs, cached, in one call."""
-        todo = list(dict.fromkeys(p for p in pairs if p not in self.judge_cache))
+        found = {p: v for p in dict.fromkeys(pairs) if (v := self.judge_cache.get(p)) is not None}
+        todo = [p for p in dict.fromkeys(pairs) if p not in found]
         if todo:
-            probs = np.asarray(self.judge.predict([b for b, _ in todo], [t for _, t in todo]), dtype=float)
-            self.judge_cache.update(zip(todo, probs, strict=True))
-        return np.stack([self.judge_cache[p] for p in pairs]) if pairs else np.zeros((0, 3))
+            fresh = dict(zip(todo, np.asarray(self.judge.predict([b for b, _ in todo], [t for _, t in todo]),
+                                              dtype=float), strict=True))
+            self.judge_cache.update(fresh)
+            found.update(fresh)
+        return np.stack([found[p] for p in pairs]) if pairs else np.zeros((0, 3))
 
     def features(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Head features per list, ``(m, len(FEATURES))`` each (claim features 0 when that signal is off)."""
@@ -301,11 +314,11 @@ class CompositeDetector:
         use_claims = "claim_disagreement" in self.signals
         claims = [[claim_sentence(q, t) for t in items] if use_claims else [] for q, items in
                   zip(queries, item_lists, strict=True)]
-        self.embed(list(queries) + [t for items in item_lists for t in items] + [c for cs in claims for c in cs])
+        emb = self.embed(list(queries) + [t for items in item_lists for t in items] + [c for cs in claims for c in cs])
         pair_lists: list[list[tuple[int, int]]] = []
         wanted: list[tuple[str, str]] = []
         for cs in claims:
-            pr = claim_pairs(cs, np.stack([self.emb_cache[c] for c in cs]), self.pair_similarity) if use_claims and cs else []
+            pr = claim_pairs(cs, np.stack([emb[c] for c in cs]), self.pair_similarity) if use_claims and cs else []
             pair_lists.append(pr)
             wanted += [(cs[i], cs[j]) for i, j in pr]
         judged = self.judge_pairs(wanted) if wanted else np.zeros((0, 3))
@@ -315,9 +328,9 @@ class CompositeDetector:
             if not m:
                 out.append(np.zeros((0, len(FEATURES))))
                 continue
-            embs = np.stack([self.emb_cache[t] for t in items])
+            embs = np.stack([emb[t] for t in items])
             f = np.zeros((m, len(FEATURES)))
-            f[:, : len(ECHO_FEATURES) + len(SHAPE_FEATURES)] = echo_features(q, items, self.emb_cache[q], embs)
+            f[:, : len(ECHO_FEATURES) + len(SHAPE_FEATURES)] = echo_features(q, items, emb[q], embs)
             if pr:
                 probs = np.zeros((m, m, 3))
                 probs[..., 2] = 1.0
