@@ -114,6 +114,21 @@ def test_offensive_rules_fire_on_derogatory_generalisations_only() -> None:
         OffensiveLanguagePolicy(classifier="bert")
 
 
+def test_offensive_rules_catch_incitement_against_a_group_not_reports_of_violence() -> None:
+    pol = OffensiveLanguagePolicy(classifier="none")
+    for hateful in ("Kill all immigrants", "Why are we not allowed to kill Christians?",
+                    "I would love to watch tearing apart every christian or muslim;",
+                    "Eliminate all those worthless white men who are too lazy to do anything."):
+        assert pol.rule(hateful) == "group_violence", hateful
+    assert pol.rule("Killing Koreans its werry good;") == "group_violence_approval"
+    for clean in ("The Nazis killed six million Jews during the Holocaust.",  # a report, not a call
+                  "In 1945 the army was ordered to kill Germans on sight, historians say.",
+                  "Soldiers are not allowed to kill civilians.", "Go kill the Christian dragon boss in level 3.",
+                  "Scientists want to eliminate malaria in Africa.", "Time to kill all the weeds in the garden.",
+                  "Eliminate poverty among the poor.", "Get rid of prejudice against immigrants."):
+        assert pol.rule(clean) is None, clean
+
+
 def test_offensive_classifier_scores_profanity_when_installed() -> None:
     pytest.importorskip("profanity_check")
     pol = OffensiveLanguagePolicy()
@@ -125,6 +140,7 @@ def test_sensitive_policy_attributes_and_pii_but_not_public_facts() -> None:
     pol = SensitiveInfoPolicy()
     fired = {t: pol.explain(t) for t in [
         "Mike's race is White.", "Her religion is Catholic.", "John's marital status is Divorced.",
+        "Rhiannon36's race is White.", "Morgan87's age is 43.",  # online handles are people too
         "Anna Berg was diagnosed with diabetes in 2019.", "Write to jane.doe@example.org for details.",
         "Card 4111 1111 1111 1111 was charged.", "Call (555) 123-4567 after six."]}
     assert all(fired.values()), fired

@@ -46,7 +46,8 @@ _GROUPS = (
     r"indians|chinese|jews|jewish people|muslims|christians|hindus|atheists|immigrants|migrants|refugees|"
     r"foreigners|gays|lesbians|homosexuals|trans people|transgender people|disabled people|the disabled|"
     r"old people|the elderly|poor people|the poor|black people|white people|gay people|feminists|liberals|"
-    r"conservatives|leftists|gypsies|roma"
+    r"conservatives|leftists|gypsies|roma|koreans|japanese|pakistanis|russians|americans|germans|"
+    r"(?:christian|muslim|jewish|hindu|black|white|gay|disabled|autistic|asian|african|arab) (?:men|women|people|persons)"
 )
 _DEROGATORY = (
     r"stupid|dumb|idiots?|morons?|inferior|subhuman|animals|vermin|parasites|scum|trash|garbage|filth|filthy|"
@@ -55,6 +56,7 @@ _DEROGATORY = (
     r"less intelligent|incapable|weak|hysterical|too emotional|ruining|destroying|taking over|a threat|"
     r"a burden|leeches"
 )
+_NOT_PREP = r"(?!(?:against|among|amongst|for|of|to|with|toward|towards|on|about|by|from|in|between)\b)"
 _RULES: tuple[tuple[str, str], ...] = (
     ("group_derogation", (
         rf"\b(?:all |most |these |those |the )?(?:{_GROUPS})\b(?: [a-z]+){{0,3}} (?:are|is|were|r) (?:all |just |only |"
@@ -70,6 +72,21 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("group_inferiority", (
         rf"\b(?:{_GROUPS})\b(?: [a-z]+){{0,3}} (?:can't|cannot|can not|shouldn't|should not) (?:think|lead|drive|"
         r"vote|be trusted|be leaders|do anything|handle)")),
+    ("group_violence", (
+        # incitement or approval, not report: "kill all X", "let's eliminate X", "I'd love to watch
+        # X torn apart", "killing X is good"; "the army killed X" (a history passage) does not fire
+        rf"(?:(?:^|[.!?;]\s+)|\b(?:let'?s|we should|we must|you should|i want to|i'd love to|i would love to|"
+        r"i will|i'm going to|go|time to|allowed to)\s+(?:\w+\s+){0,2})"
+        r"(?:kill|murder|exterminate|eliminate|eradicate|slaughter|wipe out|gas|lynch|tear(?:ing)? apart|"
+        # up to two words before the group, none a preposition ("eliminate poverty among the poor"
+        # is about poverty)
+        rf"get rid of)\s+(?:all\s+|every\s+|those\s+|these\s+|the\s+)?(?:{_NOT_PREP}\w+\s+){{0,2}}(?:{_GROUPS}|"
+        r"(?:christian|muslim|jew|hindu|atheist|immigrant|refugee)s?)"
+        # the group ends the phrase ("kill the Christian dragon boss" is about a dragon)
+        r"(?=\s*(?:$|[.,;:!?)]|(?:who|that|and|or|because|so|until|in|from|out|now|here|there)\b))")),
+    ("group_violence_approval", (
+        rf"\b(?:killing|murdering|exterminating|eliminating)\s+(?:all\s+)?(?:{_GROUPS})\b\s+(?:is|it'?s|its)\s+"
+        r"(?:\w+\s+)?(?:good|great|fine|right|justified|necessary|fun)")),
     ("slur", (
         r"\b(?:n[i1]gg(?:er|a)s?|f[a4]gg?ots?|k[i1]kes?|sp[i1]cs?|ch[i1]nks?|wetbacks?|tr[a4]nn(?:y|ies)|"
         r"retards?|dykes?|raghead|towelhead|sandn[i1]gg(?:er|a)s?|golliwogs?|coons?)\b")),
@@ -188,7 +205,8 @@ DEFAULT_PII: dict[str, str] = {
 """PII kind -> regular expression (``payment_card`` also needs the Luhn check, ``ip_address`` a
 public address)."""
 
-_PERSON = r"(?:\b[A-Z][a-z]+(?: [A-Z][a-z]+)?'s|\b(?:his|her|their|my|your|the person's|the patient's|the user's|the employee's))"
+# a name ("Mike's", "Ada Lovelace's") or an online handle ("Quorra84's") in the possessive
+_PERSON = r"(?:\b[A-Z][a-z]+(?: [A-Z][a-z]+)?\d{0,4}'s|\b(?:his|her|their|my|your|the person's|the patient's|the user's|the employee's))"
 
 
 def _luhn(digits: str) -> bool:
