@@ -290,10 +290,15 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     return out
 
 
-def _probe_auc(workdir: Path, data: Path, phrasings: str) -> float:
-    """Ceiling of what the passage embedding says about the trait: a logistic probe trained on the
-    TRUE reliable/unreliable labels of the training queries' passages, AUC on the test queries'."""
+def _probe_ceiling(workdir: Path, data: Path, phrasings: str, seeds: list[int],
+                   weights: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> dict:
+    """What the passage embedding can carry at best: a logistic probe trained on the TRUE
+    reliable/unreliable labels of the training queries' passages; its AUC on the test queries'
+    passages, and the expected use of the test queries' top 5 ranked by the pre-ranker's score
+    plus ``w`` x the probe's score (the best ``w`` of ``weights``: a ceiling, not a policy)."""
     from sklearn.linear_model import LogisticRegression
+
+    from ctxkit.rankers import Arranger
 
     with open(data / "hotpotqa" / "hotpot_dev_distractor_500.jsonl", encoding="utf-8") as f:
         queries, _ = _sim_texts([json.loads(line) for line in f], phrasings)
@@ -308,7 +313,30 @@ def _probe_auc(workdir: Path, data: Path, phrasings: str) -> float:
     probe = LogisticRegression(C=1.0, max_iter=2000).fit(np.array(xy["train"][0]), xy["train"][1])
     s = probe.decision_function(np.array(xy["test"][0]))
     y = np.array(xy["test"][1], dtype=bool)
-    return auc(s[y], s[~y])
+    memo = _MemoEmbedder(None)
+    memo.cache.update(vec)
+    arranger = Arranger(strategy=SIM["arrangement"])
+    test = [q for q in queries if q["split"] == "test"]
+    use: dict[float, list[float]] = {w: [] for w in weights}
+    for seed in seeds:  # the same trait draws as simulate() for this seed
+        rng = np.random.default_rng(seed)
+        states = {q["id"]: _sim_state(q, rng.random(len(q["cands"])) < SIM["trait_rate"], memo) for q in queries}
+        truth = {p.id: p for st in states.values() for p in st.passages}
+        for w in weights:
+            vals = []
+            for q in test:
+                ps = states[q["id"]].passages
+                score = np.array([p.scores["bi_encoder"] for p in ps]) + w * probe.decision_function(
+                    np.array([vec[p.text] for p in ps]))
+                top = [ps[i] for i in np.argsort(-score)[: SIM["shown"]]]
+                shown = arranger([ContextState(query=q["query"], passages=[p.model_copy(deep=True) for p in top])])[0]
+                vals.append(_expected_use(shown.passages, truth))
+            use[w].append(statistics.fmean(vals))
+    best = max(weights, key=lambda w: statistics.fmean(use[w]))
+    return {"probe_auc_true_labels": round(auc(s[y], s[~y]), 4),
+            "probe_ranked_use": round(statistics.fmean(use[best]), 4),
+            "probe_ranked_use_std": round(statistics.stdev(use[best]), 4) if len(seeds) > 1 else 0.0,
+            "probe_weight": best}
 
 
 def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple[int, ...] = (4, 16, 64)) -> dict:
@@ -317,7 +345,7 @@ def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple
     For both source phrasings (``unseen``: the reported design; ``recurring``: the same sources in
     train and test) and several amounts of feedback (lists logged per training query): pre-ranked,
     trained (``credit="ips"``) and placebo, the AUC of the items' inverse-propensity credit against
-    their hidden trait (how much the feedback says), and the probe ceiling (:func:`_probe_auc`).
+    their hidden trait (how much the feedback says), and the probe ceiling (:func:`_probe_ceiling`).
     Plus the learner's upper bound: the trait handed to it as a feature (``trait_visible``; a
     diagnostic, never a policy)."""
     seeds = SIM["dev_seeds"]
@@ -334,7 +362,7 @@ def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple
             rows[str(n)]["trained_gain_in_preranked_std"] = round((r["trained"] - r["preranked"]) / sd, 2)
             rows[str(n)]["item_credit_auc"] = round(statistics.fmean(r["item_credit_auc"]), 4)
             log(f"simdiag {phr} x{n}: " + json.dumps(rows[str(n)]))
-        out["curves"][phr] = {"by_lists_per_query": rows, "probe_auc_true_labels": round(_probe_auc(workdir, data, phr), 4)}
+        out["curves"][phr] = {"by_lists_per_query": rows, **_probe_ceiling(workdir, data, phr, seeds)}
     r = simulate(seeds, workdir, data, device, ("trained",), trait_visible=True)
     out["trait_visible"] = {k: r[k] for k in ("preranked", "trained", "trained_std", "oracle")}
     out["trait_visible"]["lists_per_query"] = SIM["lists_per_query"]
