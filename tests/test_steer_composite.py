@@ -204,6 +204,8 @@ def test_composite_caches_are_bounded_and_a_call_larger_than_them_still_works(mi
     det.judge_pairs([("x 1889", "y 1889")])
     det.judge_pairs([("x 1889", "y 1889")])  # cached: judged once
     assert len(judge.calls) == calls + 1
+    with pytest.raises(ConfigError, match="cache_size"):
+        CompositeDetector(_head(), judge=judge, embedder=minilm, cache_size=0)
 
 
 def test_composite_errors_say_what_to_do(tmp_path: Path, minilm) -> None:

@@ -239,6 +239,8 @@ class CompositeDetector:
         self.pair_similarity = pair_similarity
         self._threshold = threshold
         self.device = device
+        if cache_size is not None and cache_size < 1:
+            raise ConfigError(f"CompositeDetector: cache_size must be >= 1 or None (unbounded), got {cache_size}")
         self.judge_cache = LRUCache(cache_size)
         self._conflicts: Any = None
         self.emb_cache = LRUCache(cache_size)
