@@ -277,6 +277,13 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     out["seeds"] = list(seeds)
     out["per_seed"] = {k: [round(x, 4) for x in v] for k, v in res.items()}
     out["estimated_propensities"] = [[round(x, 3) for x in t] for t in thetas]
+    if "trained" in res:  # the trained ranker's gain over the pre-ranked order, per seed (paired)
+        gains = [t - p for t, p in zip(res["trained"], res["preranked"], strict=True)]
+        out["trained_gain"] = {
+            "mean": round(statistics.fmean(gains), 4), "per_seed": [round(g, 4) for g in gains],
+            "in_preranked_std": round(statistics.fmean(gains) / statistics.stdev(res["preranked"]), 2) if len(gains) > 1 else None,
+            "in_std_of_gains": round(statistics.fmean(gains) / statistics.stdev(gains), 2)
+            if len(gains) > 1 and statistics.stdev(gains) > 0 else None}
     if credit_auc:
         out["item_credit_auc"] = [round(a, 4) for a in credit_auc]
     out["setup"] = {**SIM, "lists_per_query": n_lists, "phrasings": phrasings, "trait_visible": trait_visible}
@@ -944,6 +951,11 @@ def main(argv: list[str] | None = None) -> int:
                          "default all: " + ",".join(SIM_RANKERS) + ")")
     ap.add_argument("--sim-dev", action="store_true",
                     help="run the simulation on its development seeds (SIM['dev_seeds']) instead")
+    ap.add_argument("--sim-phrasings", default="unseen", choices=["unseen", "recurring"],
+                    help="sim part: test queries' source phrasings never seen in training (the default "
+                         "design) or recurring from training (the same sources across queries)")
+    ap.add_argument("--sim-lists", type=int, default=None,
+                    help="sim part: lists logged per training query (default: SIM['lists_per_query'])")
     ap.add_argument("--mmlu-n", type=int, default=100)
     ap.add_argument("--mmlu-train", type=int, default=40)
     ap.add_argument("--mmlu-demos", type=int, default=3)
@@ -977,10 +989,16 @@ def main(argv: list[str] | None = None) -> int:
             unknown = sorted(set(rankers_run) - set(SIM_RANKERS))
             if unknown:
                 ap.error(f"unknown --sim-rankers {unknown}; choose from {', '.join(SIM_RANKERS)}")
+            design = {"lists_per_query": args.sim_lists, "phrasings": args.sim_phrasings}
+            # the default design writes "simulation"; another one its own block, e.g. "simulation_recurring_x64"
+            suffix = "" if args.sim_phrasings == "unseen" and args.sim_lists in (None, SIM["lists_per_query"]) else (
+                f"_{args.sim_phrasings}_x{args.sim_lists or SIM['lists_per_query']}")
             if args.sim_dev:  # the seeds used while developing; the reported table uses 0..seeds-1
-                results["simulation_dev"] = simulate(SIM["dev_seeds"], workdir, data, args.device, rankers_run)
+                results[f"simulation{suffix}_dev"] = simulate(SIM["dev_seeds"], workdir, data, args.device,
+                                                               rankers_run, **design)
             else:
-                results["simulation"] = simulate(list(range(args.seeds)), workdir, data, args.device, rankers_run)
+                results[f"simulation{suffix}"] = simulate(list(range(args.seeds)), workdir, data, args.device,
+                                                          rankers_run, **design)
         elif part == "simdiag":
             results["simulation_diagnostics"] = sim_diagnostics(workdir, data, args.device)
         elif part == "speed":
