@@ -794,3 +794,24 @@ def test_cross_encoder_refuses_embedder_alias():
     stage = CrossEncoderPreRanker(model="default")
     with pytest.raises(ConfigError, match="not a cross-encoder"):
         stage.warm_up()
+
+
+def test_simulation_designs_keep_the_trait_hidden_unless_asked(bench_module) -> None:
+    cascade = bench_module("cascade")
+    rows = [{"_id": f"q{i}", "question": f"Question {i}?", "supporting_facts": [["A", 0]],
+             "context": [["A", ["Alpha is first."]], ["B", ["Beta is second."]]]} for i in range(40)]
+    unseen, _ = cascade._sim_texts(rows, "unseen")
+    recurring, _ = cascade._sim_texts(rows, "recurring")
+    train_lines = set(cascade.RELIABLE["train"] + cascade.UNRELIABLE["train"])
+
+    def lines(queries, split):
+        return {v.split(" A:")[0].split(" B:")[0] for q in queries if q["split"] == split for c in q["cands"]
+                for v in c["versions"]}
+
+    assert {q["split"] for q in unseen} == {"train", "test"}  # 40 hashed ids fall on both sides
+    assert lines(unseen, "train") <= train_lines and not lines(unseen, "test") & train_lines
+    assert lines(recurring, "test") <= train_lines  # the same sources recur in test
+    state = ContextState(query="q", passages=[Passage(id="a", text="t", metadata={"_reliable": 1.0, "_support": 0.0})])
+    assert cascade._hide([state])[0].passages[0].metadata == {}
+    assert cascade._hide([state], trait_visible=True)[0].passages[0].metadata == {"trait": 1.0}
+    assert state.passages[0].metadata["_reliable"] == 1.0  # copies: the simulator keeps its truth
