@@ -453,6 +453,9 @@ def test_context_limit_messages_of_known_servers():
     assert context_limit("request (5000 tokens) exceeds the available context size (4096 tokens), "
                          "try increasing it") == (4096, 5000)
     assert context_limit("invalid or missing API key") is None
+    # other "must be <= N" validation errors say nothing about the context window
+    assert context_limit("temperature must be <= 2") is None
+    assert context_limit("Input validation error: `top_k` must be <= 100") is None
 
 
 # -- what needs the model in-process (CAAD / CAD) --------------------------------------------------

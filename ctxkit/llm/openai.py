@@ -77,7 +77,6 @@ _LIMIT_PATTERNS = [
         r"context window of (\d+)",
         r"available context size \((\d+) tokens\)",
         r"max_new_tokens` must be <= (\d+)",
-        r"must be <= (\d+)",
     )
 ]
 _PROMPT_PATTERNS = [
