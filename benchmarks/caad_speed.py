@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keys", default="minilm",
                     help="CAAD window keys to time, comma-separated: minilm, static (the model2vec distillation; "
                          "rows keyed b<B>/<N>/<storage>/static, overheads under overhead_static...); each CAAD "
-                         "run is paired with the same plain run")
+                         "run is paired with the same plain run (one plain run per repeat, then each key)")
     ap.add_argument("--breakdown-only", action="store_true",
                     help="only time the processor's parts per step (window embedding, search) without the LLM")
     ap.add_argument("--out", default="results.json")
@@ -305,43 +305,52 @@ def main(argv: list[str] | None = None) -> dict:
     for b in batches:
         inputs = make_inputs(b)
         run(inputs, [], 4)  # warm-up
-        for (n, storage), key_name in [(c, k) for c in configs for k in keys]:
-            enc = encoders[key_name]
-            space = GroundingSpace.synthetic(n, vocab_size=vocab, base=bases[key_name], storage=storage,
-                                             top_k=args.top_k)
-            space.device_storage = storage  # time the storage the row is labelled with, also on a GPU
-            proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
-                                       prefetch=PREFETCH[args.prefetch])
-            serial = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
-                                         prefetch=False)
-            overlap = proc._prefetch_enabled()
-            space.on(model.device)
-            run(inputs, [proc], 4)
-            plain, caad, caad_serial = [], [], []
+        for n, storage in configs:
+            # every key's CAAD run is paired with the SAME plain run of each repeat (interleaved), so
+            # the keys' ratios and absolute times compare directly and drifts of the machine cancel
+            rows = {}
+            for key_name in keys:
+                enc = encoders[key_name]
+                space = GroundingSpace.synthetic(n, vocab_size=vocab, base=bases[key_name], storage=storage,
+                                                 top_k=args.top_k)
+                space.device_storage = storage  # time the storage the row is labelled with, also on a GPU
+                proc = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
+                                           prefetch=PREFETCH[args.prefetch])
+                serial = CAADLogitsProcessor(space, tok, alpha=args.alpha, tau=args.tau, embedder=enc,
+                                             prefetch=False)
+                space.on(model.device)
+                run(inputs, [proc], 4)
+                rows[key_name] = {"proc": proc, "serial": serial, "overlap": proc._prefetch_enabled(),
+                                  "caad": [], "caad_serial": []}
+            plain = []
             for _ in range(args.repeats):
                 plain.append(run(inputs, [], args.new_tokens))
-                caad.append(run(inputs, [proc], args.new_tokens))
-                if overlap:
-                    caad_serial.append(run(inputs, [serial], args.new_tokens))
-            key = f"b{b}/{n}/{storage}" + ("" if key_name == "minilm" else f"/{key_name}")
-            p, c = statistics.median(plain), statistics.median(caad)
-            # ratio = median of the per-repeat ratios: each CAAD run is paired with the plain run
-            # just before it, so slow drifts of a shared machine cancel out
-            table[key] = {"batch": b, "entries": n, "storage": storage, "key": key_name,
-                          "plain_ms_per_token": round(p * 1e3, 2),
-                          "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(paired(caad, plain), 3),
-                          "prefetch": overlap, "prefetch_hits": proc.stats.prefetch_hits,
-                          "prefetch_misses": proc.stats.prefetch_misses}
-            if caad_serial:
-                cs = statistics.median(caad_serial)
-                table[key].update(caad_serial_ms_per_token=round(cs * 1e3, 2),
-                                  ratio_serial=round(paired(caad_serial, plain), 3))
-            match_rate[key] = round(proc.stats.match_rate, 3)
-            print(json.dumps({key: table[key]}), flush=True)
+                for r in rows.values():
+                    r["caad"].append(run(inputs, [r["proc"]], args.new_tokens))
+                    if r["overlap"]:
+                        r["caad_serial"].append(run(inputs, [r["serial"]], args.new_tokens))
+            p = statistics.median(plain)
+            for key_name, r in rows.items():
+                proc, caad, caad_serial = r["proc"], r["caad"], r["caad_serial"]
+                key = f"b{b}/{n}/{storage}" + ("" if key_name == "minilm" else f"/{key_name}")
+                c = statistics.median(caad)
+                # ratio = median of the per-repeat ratios: each CAAD run is paired with the plain run
+                # of its repeat, so slow drifts of a shared machine cancel out
+                table[key] = {"batch": b, "entries": n, "storage": storage, "key": key_name,
+                              "plain_ms_per_token": round(p * 1e3, 2),
+                              "caad_ms_per_token": round(c * 1e3, 2), "ratio": round(paired(caad, plain), 3),
+                              "prefetch": r["overlap"], "prefetch_hits": proc.stats.prefetch_hits,
+                              "prefetch_misses": proc.stats.prefetch_misses}
+                if caad_serial:
+                    cs = statistics.median(caad_serial)
+                    table[key].update(caad_serial_ms_per_token=round(cs * 1e3, 2),
+                                      ratio_serial=round(paired(caad_serial, plain), 3))
+                match_rate[key] = round(proc.stats.match_rate, 3)
+                print(json.dumps({key: table[key]}), flush=True)
             # every finished row is in the JSON at once: a run stopped by a time limit keeps it
             write_json(args.out, {"benchmark": "caad_speed", "complete": False, "table": table,
                                   "match_rate": match_rate, "settings": settings, "machine": machine()})
-            del space, proc
+            del rows
     ref = {}
     if not args.no_reference:
         for b in batches:
