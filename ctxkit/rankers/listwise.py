@@ -787,9 +787,14 @@ class FeedbackRanker(BaseStage):
         self._keys, self._emb_dim = cfg["keys"], int(cfg["emb_dim"])
         self._last_event_id, self._baseline, self._n_lists = cfg["last_event_id"], cfg["baseline"], cfg["n_lists"]
         self._theta = cfg.get("position_effects")  # absent in rankers saved before credit="ips"
-        saved = cfg.get("settings", {})  # the saved architecture wins over this instance's settings
-        net = _build_net(self._n_base(self._keys), self._emb_dim, int(saved.get("emb_proj", self.emb_proj)),
-                         int(saved.get("hidden", self.hidden)), int(saved.get("passage_proj", 0)))
+        saved = cfg.get("settings", {})
+        # the saved architecture wins over this instance's settings, and the instance takes it on, so
+        # that a later save() describes the weights it writes (passage_proj absent: saved before the
+        # setting existed, no such layer)
+        self.emb_proj = int(saved.get("emb_proj", self.emb_proj))
+        self.hidden = int(saved.get("hidden", self.hidden))
+        self.passage_proj = int(saved.get("passage_proj", 0))
+        net = _build_net(self._n_base(self._keys), self._emb_dim, self.emb_proj, self.hidden, self.passage_proj)
         net.load_state_dict(load_file(str(path / "ranker.safetensors")))
         net.eval()
         self._net = net
@@ -803,7 +808,6 @@ class FeedbackRanker(BaseStage):
             raise InputError(f"no saved ranker in {str(p)!r} (expected ranker.json and ranker.safetensors)")
         settings = json.loads((p / "ranker.json").read_text())["settings"]
         settings.pop("type", None)
-        settings.setdefault("passage_proj", 0)  # saved before the setting existed: no such layer
         settings.update(overrides)
         settings["model_path"] = str(p)
         r = cls(**settings)
