@@ -84,7 +84,8 @@ def stated(belief: Belief, text: str) -> bool:
     from .text import _has_negation, _opposite, content_words
 
     if belief.answer:
-        from ..judge.data import _norm, states
+        from ..judge.data import states
+        from .text import _norm
 
         if not states(text, belief.answer):
             return False

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conflicts.text import _norm
 from .perturb import flip_negation, other_date, other_number, restyle, swap_opposite
 
 __all__ = [
@@ -92,13 +93,6 @@ def belief_input(topic: str | None, answer: str | None, text: str | None = None)
     if answer and topic and answer.strip() and topic.strip():
         return f"{topic.strip()} Answer: {answer.strip()}"
     return (text or topic or answer or "").strip()
-
-
-def _norm(text: str) -> str:
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    text = re.sub(r"[^\w\s%]", " ", text)
-    return " ".join(text.split())
 
 
 def states(sentence: str, value: str) -> bool:

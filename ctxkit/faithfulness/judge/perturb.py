@@ -17,7 +17,6 @@ __all__ = [
     "flip_negation",
     "other_date",
     "other_number",
-    "replace_span",
     "restyle",
     "swap_opposite",
 ]
@@ -30,11 +29,6 @@ _NEGATED = re.compile(r"\b(is|are|was|were|has|have|had|can|could|will|would|doe
                       r"(\s+not\b|n't\b)", re.IGNORECASE)
 _AUX = re.compile(r"\b(is|are|was|were|has|have|had|can|could|will|would|should)\b(?!\s+not\b)")
 _VERB_S = re.compile(r"\b(?i:it|he|she|this|that|which)\s+([a-z]+s)\b")
-
-
-def replace_span(text: str, start: int, end: int, new: str) -> str:
-    """``text`` with ``text[start:end]`` replaced by ``new``."""
-    return text[:start] + new + text[end:]
 
 
 def other_number(value: str, rng: random.Random) -> str | None:
