@@ -257,3 +257,22 @@ def test_llm_judge_parses_verdicts_and_scores_with_a_generator(tiny_llm_dir) -> 
     assert np.allclose(p2.sum(1), 1.0) and parsed.parse_failures + int(p2.max() == 0.9) >= 1
     with pytest.raises(InputError):
         LLMClaimJudge(gen, prompt="no slots")
+
+
+def test_uncalibrated_judge_says_so_and_an_explicit_threshold_silences_it(caplog) -> None:
+    from ctxkit.faithfulness.conflicts import ConflictDetector
+
+    class Uncalibrated:
+        def __init__(self) -> None:
+            self.config: dict = {}
+
+        def predict(self, beliefs, texts):
+            return np.tile([0.1, 0.8, 0.1], (len(beliefs), 1))
+
+    with caplog.at_level("WARNING", logger="ctxkit.faithfulness.conflicts.detector"):
+        det = ConflictDetector(judge=Uncalibrated())
+    assert det.threshold == 0.5 and "no calibration" in caplog.text and "--calibrate" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ctxkit.faithfulness.conflicts.detector"):
+        assert ConflictDetector(judge=Uncalibrated(), threshold=0.9).threshold == 0.9
+    assert "no calibration" not in caplog.text

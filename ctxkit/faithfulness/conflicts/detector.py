@@ -25,6 +25,7 @@ behaviour of earlier releases); ``judge=LLMClaimJudge(generator)`` asks an LLM i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ from ...types import Conflict, Passage
 from .beliefs import Belief
 from .heuristics import DEFAULT_MISMATCH_WEIGHT, DEFAULT_WEIGHTS, Candidate, SpanHeuristics
 from .text import split_chunks
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MISMATCH_WEIGHT",
@@ -162,6 +165,11 @@ class ConflictDetector:
         else:
             self._judge = self._load_judge(judge)
             cal = dict(getattr(self._judge, "config", {}).get("detector", {}))
+            if threshold is None and "threshold" not in cal:
+                log.warning("ConflictDetector: the judge %s carries no calibration; flagging at an uncalibrated "
+                            "0.5 on its highest sentence conflict probability. Calibrate a judge folder with "
+                            "`python benchmarks/conflicts.py --calibrate DIR`, or pass threshold=...",
+                            type(self._judge).__name__)
             self._threshold = float(cal.get("threshold", 0.5)) if threshold is None else threshold
             self._head = dict(cal.get("head", {})) if head is None else dict(head)
             unknown = set(self._head.get("weights", {})) - set(PASSAGE_FEATURES)
