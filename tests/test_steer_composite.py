@@ -267,6 +267,18 @@ def test_stage_default_keeps_every_passage_and_records_each_signal(minilm) -> No
                 "rw_steering.sensitive"} <= set(p.scores)
 
 
+def test_stage_reads_the_models_own_facts_only_when_asked(minilm) -> None:
+    def run(**kw):
+        det = CompositeDetector(None, judge=ScriptedJudge(), embedder=minilm, offensive=OffensiveLanguagePolicy("none"))
+        s = ContextState(query=QUERY, passages=[Passage(id="a", text="The tower was completed in 1925.")],
+                         facts=["The Eiffel Tower was completed in 1889."])
+        SteeringFilter(detector=det, **kw)([s])
+        return s.passages[0].scores.get("rw_steering.belief_conflict", 0.0)
+
+    assert run() == 0.0  # self-facts are the model's memory, not trusted beliefs
+    assert run(use_facts=True) == pytest.approx(0.9)
+
+
 def test_stage_remove_is_opt_in_calibrated_and_keeps_min_keep(minilm) -> None:
     det = CompositeDetector(_head(), judge=ScriptedJudge(), embedder=minilm, offensive=OffensiveLanguagePolicy("none"))
     s = _state()

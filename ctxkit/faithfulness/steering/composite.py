@@ -9,7 +9,7 @@ Signals (each can be switched off; each shows up in the passage's score map, see
   against the other passages' claims by the claim judge
   (:class:`~ctxkit.faithfulness.judge.ClaimJudge`); near-duplicates count as one source.
 * ``belief_conflict``: when beliefs are given (``state.metadata["beliefs"]``, or the state's
-  ``facts``), each passage's calibrated conflict score against them from
+  ``facts`` with ``SteeringFilter(use_facts=True)``), each passage's calibrated conflict score against them from
   :class:`~ctxkit.faithfulness.conflicts.ConflictDetector` (the same judge, passage head and
   threshold as ``ConflictCheck``: a passage the conflict check would not flag adds nothing).
 * ``offensive`` and ``sensitive``: the content policies of :mod:`.policies` (configuration).

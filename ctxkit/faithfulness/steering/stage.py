@@ -52,8 +52,11 @@ class SteeringFilter(BaseStage):
             ones are kept, demoted).
         signals: Composite detector signals to use (``None``: all the detector supports), e.g.
             ``["question_echo", "answer_first", "offensive"]`` to run without the claim judge.
-        use_beliefs: Compare passages with ``state.metadata["beliefs"]`` (or, without them, the
-            state's ``facts``, e.g. FaithfulRAG self-facts) through the claim judge.
+        use_beliefs: Compare passages with the trusted ``state.metadata["beliefs"]`` through the
+            claim judge.
+        use_facts: Also compare them with the state's ``facts`` when it has no beliefs (e.g.
+            FaithfulRAG self-facts: the model's own memory, which can be wrong, so a correct
+            passage that contradicts it would be flagged; opt-in).
         note: Prefix written by ``action="annotate"``.
         embedder: Embedder for the default / path detectors.
         device: Device of the detector's models.
@@ -66,6 +69,7 @@ class SteeringFilter(BaseStage):
     min_keep: int = Field(1, ge=0)
     signals: list[str] | None = None
     use_beliefs: bool = True
+    use_facts: bool = False
     note: str = DEFAULT_NOTE
     embedder: str = "default"
     device: str = "auto"
@@ -161,9 +165,8 @@ class SteeringFilter(BaseStage):
             self._apply(s, res, thr)
         return states
 
-    @staticmethod
-    def _beliefs(state: ContextState) -> list[str]:
-        raw = state.metadata.get("beliefs") or state.facts or []
+    def _beliefs(self, state: ContextState) -> list[str]:
+        raw = state.metadata.get("beliefs") or (state.facts if self.use_facts else None) or []
         if isinstance(raw, str):
             raw = [raw]
         out = []
