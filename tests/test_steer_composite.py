@@ -291,6 +291,10 @@ def test_stage_remove_is_opt_in_calibrated_and_keeps_min_keep(minilm) -> None:
     uncalibrated = type("Det", (), {"score": lambda self, q, items: [np.ones(len(i)) for i in items]})()
     with pytest.raises(ConfigError, match="calibrated"):
         SteeringFilter(detector=uncalibrated, action="remove")([_state()])
+    no_head = CompositeDetector(None, judge=ScriptedJudge(), embedder=minilm, offensive=OffensiveLanguagePolicy("none"))
+    assert det.calibrated and not no_head.calibrated  # policies alone carry set confidences
+    with pytest.raises(ConfigError, match="calibrated"):
+        SteeringFilter(detector=no_head, action="remove")([_state()])
 
 
 def test_stage_config_roundtrip_and_validation() -> None:

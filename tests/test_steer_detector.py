@@ -189,7 +189,7 @@ def test_steering_filter_config_and_validation(tmp_path: Path, trained: SetDetec
     assert isinstance(stage, SteeringFilter)
     cfg = stage.to_config()
     assert cfg == {"type": "rw_steering", "detector": str(head), "action": "demote", "threshold": None,
-                   "remove_threshold": None, "min_keep": 1, "signals": None, "use_beliefs": True,
+                   "remove_threshold": None, "min_keep": 1, "signals": None, "use_beliefs": True, "use_facts": False,
                    "note": stage.note, "embedder": "default", "device": "auto"}
     pipe = load_pipeline({"stages": [cfg]})
     assert pipe.to_config()["stages"][0] == cfg

@@ -183,7 +183,12 @@ class CompositeDetector:
             does not grow with every request.
     """
 
-    calibrated = True
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities come from a head with a fitted threshold (what
+        ``SteeringFilter(action="remove")`` needs): not without a head (policies and beliefs alone
+        carry set confidences) and not with the ``llm`` signal (a fixed confidence per named item)."""
+        return self.head is not None and "threshold" in self.head and "llm" not in self.signals
 
     def __init__(
         self,
