@@ -252,8 +252,7 @@ def main() -> int:
                     "into JUDGE_DIR/judge.json")
     ap.add_argument("--target-false-flags", type=float, default=0.10,
                     help="largest dev false-flag rate on any set's supporting passages for --calibrate "
-                    "(the 10%% promise; 5-fold cross-validation on dev kept every held-out fold's rate "
-                    "below it, where 0.08 cost 5 points of recall)")
+                    "(the 10%% promise)")
     ap.add_argument("--features-cache", default=None, help="with --calibrate: also save the dev features (.npz)")
     args = ap.parse_args()
     data = Path(args.data)
