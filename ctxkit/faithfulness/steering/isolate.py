@@ -114,15 +114,24 @@ class IsolateAggregate(GeneratorStage):
         n = len(state.passages) if self.max_passages is None else min(len(state.passages), self.max_passages)
         return [list(range(i, min(i + self.group_size, n))) for i in range(0, n, self.group_size)]
 
-    def _weights(self, state: ContextState, groups: list[list[int]]) -> list[float]:
-        if self.dedupe is None or len(groups) < 2:
-            return [1.0] * len(groups)
+    def _weights(self, states: list[ContextState], groups_of: list[list[list[int]]]) -> list[list[float]]:
+        """Per state, one vote weight per group: near-duplicate groups share one vote
+        (:func:`~ctxkit.faithfulness.steering.signals.independence_weights`); one embedder call."""
+        need = [k for k, groups in enumerate(groups_of) if self.dedupe is not None and len(groups) >= 2]
+        out = [[1.0] * len(groups) for groups in groups_of]
+        if not need:
+            return out
         from ...models import get_embedder
+        from .signals import independence_weights
 
-        texts = [" ".join(state.passages[i].text for i in g) for g in groups]
+        texts = [" ".join(states[k].passages[i].text for i in g) for k in need for g in groups_of[k]]
         u = np.asarray(get_embedder("default").encode(texts))
-        dup = (u @ u.T) >= self.dedupe
-        return (1.0 / dup.sum(1)).tolist()
+        pos = 0
+        for k in need:
+            n = len(groups_of[k])
+            out[k] = independence_weights(u[pos: pos + n], self.dedupe)[0].tolist()
+            pos += n
+        return out
 
     def run(self, states: list[ContextState]) -> list[ContextState]:
         convs: list[list[Message]] = []
@@ -140,12 +149,13 @@ class IsolateAggregate(GeneratorStage):
         if self.sampling is not None:
             overrides.update(self.sampling.model_dump(exclude_unset=True))
         gens = self.generator_obj.generate(convs, None, **overrides) if convs else []
-        for s, (a, b), groups in zip(states, spans, groups_of, strict=True):
+        weights = self._weights(states, groups_of)
+        for s, (a, b), w in zip(states, spans, weights, strict=True):
             answers = [g.text.strip() if g.error is None else None for g in gens[a:b]]
             errors = sum(g.error is not None for g in gens[a:b])
             if errors:
                 s.trace.count("generation_errors", errors)
-            answer, details = aggregate_answers(s.query, answers, self._weights(s, groups),
+            answer, details = aggregate_answers(s.query, answers, w,
                                                 min_votes=self.min_votes, min_share=self.min_share)
             s.answer = answer if answer is not None else self.abstain
             s.metadata["isolated_answers"] = answers
