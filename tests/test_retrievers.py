@@ -253,6 +253,12 @@ def test_adaptive_without_one_dense_and_one_lexical_input_uses_fixed_weights():
     explicit = HybridRetriever(retrievers=[dense, other], k=2, weights=[1.0, 3.0])
     assert [p.id for p in explicit.retrieve(["q"])[0]] == ["b#0", "a#0"]
     assert explicit.last_weights == [[0.25, 0.75]]
+    # the fallback is min-max convex, as fuse(method="adaptive") does, whatever normalization is set
+    z = HybridRetriever(retrievers=[dense, other], k=2, weights=[1.0, 3.0], normalization="zscore")
+    lists = [[("a#0", 0.9), ("b#0", 0.1)], [("b#0", 3.0), ("a#0", 1.0)]]
+    expected = fuse(lists, method="adaptive", weights=[1.0, 3.0], kinds=["dense", "other"], query="q")
+    got = z.retrieve(["q"])[0]
+    assert [(p.id, p.scores[z.name]) for p in got] == [(i, pytest.approx(s)) for i, s in expected]
 
 
 def test_hybrid_settings_validation_and_config_round_trip():

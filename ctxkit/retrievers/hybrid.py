@@ -148,6 +148,22 @@ def adaptive_weights(query: str, dense: Sequence[tuple[str, float]], lexical: Se
     return w, 1.0 - w
 
 
+def _resolve(ranked_lists: Sequence[Sequence[tuple[str, float]]], method: Fusion, weights: Sequence[float] | None,
+             normalization: Normalization, kinds: Sequence[str] | None, query: str | None,
+             ) -> tuple[Fusion, Sequence[float] | None, Normalization]:
+    """The fixed fusion one query's ``"adaptive"`` fusion amounts to: min-max convex with the
+    trust model's weights over one dense and one lexical list, the given weights otherwise. Other
+    methods pass through unchanged."""
+    if method != "adaptive":
+        return method, weights, normalization
+    kinds = list(kinds or [])
+    if sorted(kinds) == ["dense", "lexical"] and len(ranked_lists) == 2:
+        i_d = kinds.index("dense")
+        wd, wl = adaptive_weights(query or "", ranked_lists[i_d], ranked_lists[1 - i_d])
+        weights = [wd, wl] if i_d == 0 else [wl, wd]
+    return "convex", weights, "minmax"
+
+
 def fuse(
     ranked_lists: Sequence[Sequence[tuple[str, float]]],
     *,
@@ -178,13 +194,7 @@ def fuse(
         ``(id, fused score)`` sorted by fused score (ties: by best rank in any list, then id).
     """
     n = len(ranked_lists)
-    if method == "adaptive":
-        kinds = list(kinds or [])
-        if sorted(kinds) == ["dense", "lexical"] and len(ranked_lists) == 2:
-            i_d = kinds.index("dense")
-            wd, wl = adaptive_weights(query or "", ranked_lists[i_d], ranked_lists[1 - i_d])
-            weights = [wd, wl] if i_d == 0 else [wl, wd]
-        method, normalization = "convex", "minmax"
+    method, weights, normalization = _resolve(ranked_lists, method, weights, normalization, kinds, query)
     w = list(weights) if weights is not None else [1.0] * n
     if len(w) != n:
         raise ConfigError(f"fuse: {len(w)} weights for {n} ranked lists")
@@ -332,7 +342,6 @@ class HybridRetriever(BaseRetriever):
         weights = self.effective_weights()
         floors = [getattr(r, "score_floor", None) for r in self.retrievers]
         kinds = [getattr(r, "kind", "other") for r in self.retrievers]
-        adaptive = self.adaptive()
         out: list[list[Passage]] = []
         used: list[list[float]] = []
         for qi in range(len(queries)):
@@ -348,16 +357,9 @@ class HybridRetriever(BaseRetriever):
                     else:
                         merged[p.id] = p.model_copy(deep=True)
                 lists.append(lst)
-            if adaptive:
-                i_d = kinds.index("dense")
-                wd, wl = adaptive_weights(queries[qi], lists[i_d], lists[1 - i_d])
-                q_weights = [wd, wl] if i_d == 0 else [wl, wd]
-                fused = fuse(lists, method="convex", weights=q_weights, normalization="minmax")
-            else:
-                method = "convex" if self.fusion == "adaptive" else self.fusion
-                q_weights = weights
-                fused = fuse(lists, method=method, weights=weights, normalization=self.normalization,
-                             floors=floors, rrf_k=self.rrf_k)
+            method, q_weights, norm = _resolve(lists, self.fusion, weights, self.normalization, kinds, queries[qi])
+            q_weights = list(q_weights if q_weights is not None else weights)
+            fused = fuse(lists, method=method, weights=q_weights, normalization=norm, floors=floors, rrf_k=self.rrf_k)
             total = sum(q_weights)
             used.append([x / total for x in q_weights] if self.fusion != "rrf" else list(q_weights))
             top = []
