@@ -19,7 +19,10 @@ same set (off-topic, as most of a retrieved list is), which must not be flagged 
 
 Metrics per set: ``auc`` (conflict vs supporting items by passage score), ``recall`` (conflicts
 flagged), ``false_flag_rate`` (supporting items flagged), ``balanced_accuracy``,
-``unrelated_flag_rate`` (off-topic items flagged).
+``unrelated_flag_rate`` (off-topic items flagged). For ``squad`` / ``musique`` also
+``passage_held_out``: the same metrics (and localisation) on the test ids whose passage no
+``dev_train`` or ``dev`` id carries (the splits hash question ids, and several questions share a
+passage, so most test ids carry a passage the judge trained or was calibrated on).
 
 **Localisation** (``squad``, ``musique``): the sentences of the negative context ranked by
 ``ConflictDetector().rank``; ``recall@1`` / ``recall@5`` of a sentence holding the substituted
@@ -70,14 +73,18 @@ def load_items(data: Path, name: str, split: str, limit: int | None) -> list[dic
     if name in ("squad", "musique"):
         gold = json.loads((fr / f"{name}_kre_golden.json").read_text())
         neg = {clean_field(r["id"]): r for r in json.loads((fr / f"{name}_kre_negative.json").read_text())}
+        # passages of the ids the judge trained on (dev_train) or was selected and calibrated on
+        # (dev): several questions share one passage, so a test id can carry a passage seen there
+        seen = {clean_field(g["context"]) for g in gold if split_of(name, clean_field(g["id"])) != "test"}
         for g in gold:
             gid = clean_field(g["id"])
             if gid not in neg or split_of(name, gid) != split:
                 continue
             belief = Belief.from_answer(clean_field(g["question"]), clean_field(g["answer"]))
-            items.append({"id": gid, "belief": belief, "text": clean_field(g["context"]), "conflict": False})
+            ctx = clean_field(g["context"])
+            items.append({"id": gid, "belief": belief, "text": ctx, "conflict": False, "passage_seen": ctx in seen})
             items.append({"id": gid, "belief": belief, "text": clean_field(neg[gid]["context"]), "conflict": True,
-                          "substitute": clean_field(neg[gid]["answer"])})
+                          "substitute": clean_field(neg[gid]["answer"]), "passage_seen": ctx in seen})
     elif name == "faitheval":
         for r in json.loads((fr / "faitheval_counterfactual.json").read_text()):
             rid = clean_field(str(r["id"]))
@@ -120,7 +127,7 @@ def unrelated_items(items: list[dict]) -> list[dict]:
     against the supporting passage of the next id of the same set (never flagged by design)."""
     support = [it for it in items if it["kind"] == "support"]
     return [{"id": f"{it['id']}~{nxt['id']}", "belief": it["belief"], "text": nxt["text"], "conflict": False,
-             "kind": "unrelated"}
+             "kind": "unrelated", **({"passage_seen": nxt["passage_seen"]} if "passage_seen" in nxt else {})}
             for it, nxt in zip(support, support[1:] + support[:1]) if nxt["id"] != it["id"]]
 
 
@@ -130,6 +137,11 @@ def detection(items: list[dict], det: ConflictDetector) -> tuple[dict, np.ndarra
     passages = [[Passage(id=f"p{i}", text=it["text"])] for i, it in enumerate(items)]
     scores = np.array([s[0] for s in det.passage_scores(beliefs, passages)])
     flags = np.array([bool(r) for r in det.detect_batch(beliefs, passages)])
+    return detection_metrics(items, scores, flags), scores, flags
+
+
+def detection_metrics(items: list[dict], scores: np.ndarray, flags: np.ndarray) -> dict:
+    """AUC, recall, false flags... of scored and flagged items (see the module docstring)."""
     kind = np.array([it["kind"] for it in items])
     y, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
     recall = float(flags[y].mean()) if y.any() else float("nan")
@@ -144,7 +156,7 @@ def detection(items: list[dict], det: ConflictDetector) -> tuple[dict, np.ndarra
         "n_support": int(sup.sum()),
         "n_unrelated": int(unr.sum()),
     }
-    return res, scores, flags
+    return res
 
 
 def localisation(items: list[dict], det: ConflictDetector) -> dict:
@@ -302,6 +314,11 @@ def main() -> int:
             res["misses"] = misses(items, scores, flags, args.misses)
         if name in ("squad", "musique"):
             results["localisation"][name] = localisation(items, det)
+            # the same metrics on the ids whose passage no dev_train / dev id carries
+            held = np.array([not it["passage_seen"] for it in items])
+            sub = [it for it, h in zip(items, held, strict=True) if h]
+            res["passage_held_out"] = detection_metrics(sub, scores[held], flags[held])
+            results["localisation"][name]["passage_held_out"] = localisation(sub, det)
         if base is not None:
             results["baseline_heuristic"]["detection"][name] = detection(items, base)[0]
             if name in ("squad", "musique"):

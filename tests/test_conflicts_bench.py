@@ -90,6 +90,28 @@ def test_benchmark_reports_detection_and_localisation_on_the_test_split(bench, t
         assert res["speed"][name]["judge_pairs_per_s"] > 0 and "heuristic_s" not in res["speed"][name]
 
 
+def test_passage_held_out_leaves_out_test_ids_whose_passage_a_dev_id_carries(bench, tmp_path, monkeypatch) -> None:
+    data = _data(tmp_path / "data", "test")
+    fr = data / "faithfulrag"
+    # a dev_train question about the first pair's passage: that test id's passage is not held out
+    (extra,) = _ids("squad", "dev_train", 1)
+    for kind, ans in (("golden", PAIRS[0][1]), ("negative", PAIRS[0][2])):
+        path = fr / f"squad_kre_{kind}.json"
+        rows = json.loads(path.read_text())
+        ctx = PAIRS[0][3] if kind == "golden" else PAIRS[0][4]
+        path.write_text(json.dumps([*rows, {"id": extra, "question": "Where is Normandy?", "answer": ans, "context": ctx}]))
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--device", "cpu", "--sets", "squad",
+                                      "--out", str(out)])
+    assert bench.main() == 0
+    res = json.loads(out.read_text())
+    full, held = res["detection"]["squad"], res["detection"]["squad"]["passage_held_out"]
+    assert full["n_support"] == full["n_conflict"] == len(PAIRS)  # the dev_train id is not scored
+    assert held["n_support"] == held["n_conflict"] == len(PAIRS) - 1
+    assert held["n_unrelated"] == len(PAIRS) - 1  # off-topic items whose passage is the shared one go too
+    assert res["localisation"]["squad"]["passage_held_out"]["pairs"] == len(PAIRS) - 1
+
+
 def test_misses_are_for_the_dev_split_only(bench, tmp_path, monkeypatch) -> None:
     data = _data(tmp_path / "data", "test")
     monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--misses", "3", "--out",
