@@ -4,10 +4,13 @@ Parts (``--parts sim,speed,trecdl,mmlu``; default all):
 
 * ``sim``: seeded simulation of users whose reward depends on a hidden item trait and on position.
   Pre-ranked order vs a FeedbackRanker trained on the logged feedback vs a placebo trained on the
-  same lists with shuffled rewards, over several seeds. No models.
-* ``simdiag`` (not in the default parts): diagnostics of the simulation on its development
-  seeds: gain vs amount of feedback, unseen vs recurring source phrasings, how much the feedback
-  says about each item, and the learner's upper bound with the trait handed to it.
+  same lists with shuffled rewards, over several seeds; query-level train / dev / test split
+  (:func:`_sim_split`): ``--sim-dev`` scores the dev queries with the dev seeds, otherwise the
+  test queries with seeds 0..N-1. Only the MiniLM embedder.
+* ``simdiag`` (not in the default parts): diagnostics on the dev queries and dev seeds: gain vs
+  amount of feedback, unseen vs recurring source phrasings, how much the feedback says about each
+  item, the learner's upper bound with the trait handed to it, and the design the rule in
+  ``SIM["design_rule"]`` picks (``chosen_design``).
 * ``speed``: 50 queries x 50 candidates (BM25 top-50 from the TREC DL 2019 5000-passage corpus),
   re-ranked by ctxkit's CrossEncoderPreRanker vs LangChain ContextualCompressionRetriever +
   CrossEncoderReranker (HuggingFaceCrossEncoder) and LlamaIndex SentenceTransformerRerank, same
@@ -69,12 +72,18 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 SIM = {
     "candidates": "the 10 paragraphs of each HotpotQA distractor question (2 supporting, 8 distractors)",
-    "shown": 5, "lists_per_query": 4, "explore_swap": 0.4, "trait_rate": 0.3,
+    "shown": 5, "lists_per_query": 128, "phrasings": "recurring", "explore_swap": 0.4, "trait_rate": 0.3,
     "use_base": 0.05, "use_support": 0.3, "use_reliable": 0.5,
     "examination": [0.1, 0.15, 0.25, 0.5, 1.0], "arrangement": "best_last",
-    "split": "query-level, sha1('hotpotqa-sim:' + id): 60% train, 40% test",
+    "split": "query-level (see _sim_split): train 176, dev 198 (the earlier reports' test queries), "
+             "test 124 (queries never scored before); dev seeds score dev queries, test seeds test queries",
     "dev_seeds": [1000, 1001, 1002], "ranker": {"epochs": 150},
+    "design_rule": "chosen on the dev queries with the dev seeds (--parts simdiag, before any test run on "
+                   "this split): recurring source phrasings and, of 4/16/64/128/256 lists per training query, "
+                   "the one with the largest gain of the trained ranker over pre-ranked in pre-ranked std",
 }
+#: lists logged per training query tried by the diagnostics (the design rule picks one of them)
+SIM_SIZES = (4, 16, 64, 128, 256)
 # How a passage's source reads. Reliable sources are what the simulated reader uses; the semantic
 # pre-ranker cannot tell them apart (they say nothing about the question). Train and test queries
 # use DIFFERENT phrasings, so the ranker has to learn what reliability looks like, not strings.
@@ -101,23 +110,31 @@ UNRELIABLE = {
 
 
 def _sim_split(qid: str) -> str:
-    """The simulation's query split: a stable hash of the question id (60% train, 40% test)."""
+    """The simulation's query split (``train`` / ``dev`` / ``test``), stable hashes of the question id.
+
+    The queries the earlier reports scored as test (``sha1('hotpotqa-sim:' + id)`` mod 10 >= 6)
+    are the dev queries now: designs were chosen while looking at them. The test queries are drawn
+    from the rest (``sha1('hotpotqa-sim-test:' + id)`` mod 10 < 4), queries that only ever served
+    as training queries and were never scored."""
     h = int(hashlib.sha1(f"hotpotqa-sim:{qid}".encode()).hexdigest()[:8], 16)
-    return "train" if h % 10 < 6 else "test"
+    if h % 10 >= 6:
+        return "dev"
+    h2 = int(hashlib.sha1(f"hotpotqa-sim-test:{qid}".encode()).hexdigest()[:8], 16)
+    return "test" if h2 % 10 < 4 else "train"
 
 
-def _sim_texts(rows: list[dict], phrasings: str = "unseen") -> tuple[list[dict], list[str]]:
+def _sim_texts(rows: list[dict], phrasings: str = "recurring") -> tuple[list[dict], list[str]]:
     """Per question: its candidates in two versions (reliable / unreliable source line), and all texts.
 
-    ``phrasings="unseen"`` (the reported design): test queries use source phrasings never seen in
-    training; ``"recurring"`` (a diagnostic): every query draws from the training phrasings, as
-    when the same sources recur across queries."""
+    ``phrasings="recurring"`` (the reported design): every query draws its source lines from the
+    same phrasings, as when the same sources recur across queries; ``"unseen"``: the dev and test
+    queries use source phrasings never seen in training."""
     queries, texts = [], []
     for r in rows:
         if not r.get("context"):
             continue
         split = _sim_split(r["_id"])
-        style = split if phrasings == "unseen" else "train"
+        style = "train" if phrasings == "recurring" or split == "train" else "test"
         support = {t for t, _ in r["supporting_facts"]}
         cands = []
         for j, (title, sents) in enumerate(r["context"]):
@@ -176,12 +193,14 @@ SIM_RANKERS = ("trained", "trained_undebiased", "trained_uniform", "trained_know
 
 def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
              rankers_run: tuple[str, ...] = SIM_RANKERS, lists_per_query: int | None = None,
-             phrasings: str = "unseen", trait_visible: bool = False) -> dict:
+             phrasings: str | None = None, trait_visible: bool = False, split: str = "test") -> dict:
     """The earned simulation (see the module docstring and ``SIM``); skips without HotpotQA.
 
     ``rankers_run``: the trained policies to run (each is a fit per seed; the others are skipped).
-    ``lists_per_query`` (default ``SIM``'s), ``phrasings`` (see :func:`_sim_texts`) and
+    ``lists_per_query`` and ``phrasings`` (defaults ``SIM``'s; see :func:`_sim_texts`) and
     ``trait_visible`` (see :func:`_hide`) vary the setup for :func:`sim_diagnostics`.
+    ``split``: the queries scored, ``"test"`` or ``"dev"`` (the rankers always learn from the
+    training queries' lists).
     """
     from ctxkit.models import get_embedder
     from ctxkit.rankers import Arranger
@@ -192,8 +211,9 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
         return {}
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    queries, texts = _sim_texts(rows, phrasings)
     n_lists = lists_per_query or SIM["lists_per_query"]
+    phrasings = phrasings or SIM["phrasings"]
+    queries, texts = _sim_texts(rows, phrasings)
     memo = _MemoEmbedder(get_embedder("default", device=device))
     cache = workdir / "sim_embeddings.npz"  # the vectors depend only on the texts: reuse them
     if cache.exists():
@@ -204,7 +224,7 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     np.savez(cache, texts=np.array(list(memo.cache)), vectors=np.stack(list(memo.cache.values())))
     log(f"sim: {len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s")
     train = [q for q in queries if q["split"] == "train"]
-    test = [q for q in queries if q["split"] == "test"]
+    test = [q for q in queries if q["split"] == split]
     arranger = Arranger(strategy=SIM["arrangement"])
     n_show = SIM["shown"]
     policies = tuple(k for k in SIM_POLICIES if k not in SIM_RANKERS or k in rankers_run)
@@ -287,7 +307,7 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
     if credit_auc:
         out["item_credit_auc"] = [round(a, 4) for a in credit_auc]
     out["setup"] = {**SIM, "lists_per_query": n_lists, "phrasings": phrasings, "trait_visible": trait_visible}
-    out["queries"] = {"train": len(train), "test": len(test)}
+    out["queries"] = {"train": len(train), split: len(test)}
     # how little the pre-ranker sees of what the reader values: its score vs the source trait
     sc = np.array([p.scores["bi_encoder"] for s in states.values() for p in s.passages])
     rel = np.array([p.metadata["_reliable"] for s in states.values() for p in s.passages])
@@ -298,10 +318,10 @@ def simulate(seeds: list[int], workdir: Path, data: Path, device: str = "cpu",
 
 
 def _probe_ceiling(workdir: Path, data: Path, phrasings: str, seeds: list[int],
-                   weights: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> dict:
+                   weights: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0), split: str = "dev") -> dict:
     """What the passage embedding can carry at best: a logistic probe trained on the TRUE
-    reliable/unreliable labels of the training queries' passages; its AUC on the test queries'
-    passages, and the expected use of the test queries' top 5 ranked by the pre-ranker's score
+    reliable/unreliable labels of the training queries' passages; its AUC on the ``split`` queries'
+    passages, and the expected use of their top 5 ranked by the pre-ranker's score
     plus ``w`` x the probe's score (the best ``w`` of ``weights``: a ceiling, not a policy)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -311,19 +331,19 @@ def _probe_ceiling(workdir: Path, data: Path, phrasings: str, seeds: list[int],
         queries, _ = _sim_texts([json.loads(line) for line in f], phrasings)
     saved = np.load(workdir / "sim_embeddings.npz", allow_pickle=False)
     vec = dict(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
-    xy: dict[str, tuple[list, list]] = {"train": ([], []), "test": ([], [])}
+    xy: dict[str, tuple[list, list]] = {"train": ([], []), "dev": ([], []), "test": ([], [])}
     for q in queries:
         for c in q["cands"]:
             for flag, text in enumerate(c["versions"]):
                 xy[q["split"]][0].append(vec[text])
                 xy[q["split"]][1].append(flag)
     probe = LogisticRegression(C=1.0, max_iter=2000).fit(np.array(xy["train"][0]), xy["train"][1])
-    s = probe.decision_function(np.array(xy["test"][0]))
-    y = np.array(xy["test"][1], dtype=bool)
+    s = probe.decision_function(np.array(xy[split][0]))
+    y = np.array(xy[split][1], dtype=bool)
     memo = _MemoEmbedder(None)
     memo.cache.update(vec)
     arranger = Arranger(strategy=SIM["arrangement"])
-    test = [q for q in queries if q["split"] == "test"]
+    test = [q for q in queries if q["split"] == split]
     use: dict[float, list[float]] = {w: [] for w in weights}
     for seed in seeds:  # the same trait draws as simulate() for this seed
         rng = np.random.default_rng(seed)
@@ -346,21 +366,24 @@ def _probe_ceiling(workdir: Path, data: Path, phrasings: str, seeds: list[int],
             "probe_weight": best}
 
 
-def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple[int, ...] = (4, 16, 64)) -> dict:
-    """Why the trained ranker does or does not earn its gain, on the development seeds only.
+def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple[int, ...] = SIM_SIZES) -> dict:
+    """Why the trained ranker does or does not earn its gain, on the dev seeds and dev queries only.
 
-    For both source phrasings (``unseen``: the reported design; ``recurring``: the same sources in
-    train and test) and several amounts of feedback (lists logged per training query): pre-ranked,
+    For both source phrasings (``recurring``: the same sources in every split; ``unseen``: dev
+    and test sources worded unlike training) and several amounts of feedback (lists logged per
+    training query): pre-ranked,
     trained (``credit="ips"``) and placebo, the AUC of the items' inverse-propensity credit against
     their hidden trait (how much the feedback says), and the probe ceiling (:func:`_probe_ceiling`).
     Plus the learner's upper bound: the trait handed to it as a feature (``trait_visible``; a
-    diagnostic, never a policy)."""
+    diagnostic, never a policy), and ``chosen_design``: what ``SIM["design_rule"]`` picks from
+    these runs (the reported design must be it)."""
     seeds = SIM["dev_seeds"]
     out: dict = {"seeds": seeds, "lists_per_query": list(sizes), "curves": {}}
     for phr in ("unseen", "recurring"):
         rows = {}
         for n in sizes:
-            r = simulate(seeds, workdir, data, device, ("trained", "placebo"), lists_per_query=n, phrasings=phr)
+            r = simulate(seeds, workdir, data, device, ("trained", "placebo"), lists_per_query=n, phrasings=phr,
+                         split="dev")
             if not r:
                 return {}
             sd = max(r["preranked_std"], 1e-9)
@@ -370,9 +393,15 @@ def sim_diagnostics(workdir: Path, data: Path, device: str = "cpu", sizes: tuple
             rows[str(n)]["item_credit_auc"] = round(statistics.fmean(r["item_credit_auc"]), 4)
             log(f"simdiag {phr} x{n}: " + json.dumps(rows[str(n)]))
         out["curves"][phr] = {"by_lists_per_query": rows, **_probe_ceiling(workdir, data, phr, seeds)}
-    r = simulate(seeds, workdir, data, device, ("trained",), trait_visible=True)
+    r = simulate(seeds, workdir, data, device, ("trained",), lists_per_query=4, trait_visible=True, split="dev")
     out["trait_visible"] = {k: r[k] for k in ("preranked", "trained", "trained_std", "oracle")}
-    out["trait_visible"]["lists_per_query"] = SIM["lists_per_query"]
+    out["trait_visible"]["lists_per_query"] = 4
+    curve = out["curves"]["recurring"]["by_lists_per_query"]
+    best = max(curve, key=lambda n: curve[n]["trained_gain_in_preranked_std"])
+    out["chosen_design"] = {"phrasings": "recurring", "lists_per_query": int(best), "rule": SIM["design_rule"]}
+    if (out["chosen_design"]["phrasings"], int(best)) != (SIM["phrasings"], SIM["lists_per_query"]):
+        log(f"simdiag: the design rule picks recurring x{best}, SIM's default is "
+            f"{SIM['phrasings']} x{SIM['lists_per_query']}: update SIM before any test run")
     return out
 
 
@@ -950,10 +979,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="trained policies of the simulation, comma-separated (each is one fit per seed; "
                          "default all: " + ",".join(SIM_RANKERS) + ")")
     ap.add_argument("--sim-dev", action="store_true",
-                    help="run the simulation on its development seeds (SIM['dev_seeds']) instead")
-    ap.add_argument("--sim-phrasings", default="unseen", choices=["unseen", "recurring"],
-                    help="sim part: test queries' source phrasings never seen in training (the default "
-                         "design) or recurring from training (the same sources across queries)")
+                    help="run the simulation on its dev seeds (SIM['dev_seeds']) and dev queries instead")
+    ap.add_argument("--sim-phrasings", default=None, choices=["unseen", "recurring"],
+                    help="sim part: the same source phrasings in every split (recurring, the default "
+                         "design) or dev/test phrasings never seen in training (unseen)")
     ap.add_argument("--sim-lists", type=int, default=None,
                     help="sim part: lists logged per training query (default: SIM['lists_per_query'])")
     ap.add_argument("--mmlu-n", type=int, default=100)
@@ -990,12 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 ap.error(f"unknown --sim-rankers {unknown}; choose from {', '.join(SIM_RANKERS)}")
             design = {"lists_per_query": args.sim_lists, "phrasings": args.sim_phrasings}
-            # the default design writes "simulation"; another one its own block, e.g. "simulation_recurring_x64"
-            suffix = "" if args.sim_phrasings == "unseen" and args.sim_lists in (None, SIM["lists_per_query"]) else (
-                f"_{args.sim_phrasings}_x{args.sim_lists or SIM['lists_per_query']}")
+            # the default design writes "simulation"; another one its own block, e.g. "simulation_unseen_x4"
+            phr, n_lists = args.sim_phrasings or SIM["phrasings"], args.sim_lists or SIM["lists_per_query"]
+            suffix = "" if (phr, n_lists) == (SIM["phrasings"], SIM["lists_per_query"]) else f"_{phr}_x{n_lists}"
             if args.sim_dev:  # the seeds used while developing; the reported table uses 0..seeds-1
                 results[f"simulation{suffix}_dev"] = simulate(SIM["dev_seeds"], workdir, data, args.device,
-                                                               rankers_run, **design)
+                                                               rankers_run, **design, split="dev")
             else:
                 results[f"simulation{suffix}"] = simulate(list(range(args.seeds)), workdir, data, args.device,
                                                           rankers_run, **design)

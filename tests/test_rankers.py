@@ -815,9 +815,12 @@ def test_simulation_designs_keep_the_trait_hidden_unless_asked(bench_module) -> 
         return {v.split(" A:")[0].split(" B:")[0] for q in queries if q["split"] == split for c in q["cands"]
                 for v in c["versions"]}
 
-    assert {q["split"] for q in unseen} == {"train", "test"}  # 40 hashed ids fall on both sides
-    assert lines(unseen, "train") <= train_lines and not lines(unseen, "test") & train_lines
-    assert lines(recurring, "test") <= train_lines  # the same sources recur in test
+    assert {q["split"] for q in unseen} == {"train", "dev", "test"}  # 40 hashed ids fall in all three
+    assert lines(unseen, "train") <= train_lines
+    assert not lines(unseen, "test") & train_lines and not lines(unseen, "dev") & train_lines
+    assert lines(recurring, "test") <= train_lines and lines(recurring, "dev") <= train_lines  # sources recur
+    # the split is a function of the id alone: the same query never changes sides
+    assert [q["split"] for q in unseen] == [q["split"] for q in recurring]
     state = ContextState(query="q", passages=[Passage(id="a", text="t", metadata={"_reliable": 1.0, "_support": 0.0})])
     assert cascade._hide([state])[0].passages[0].metadata == {}
     assert cascade._hide([state], trait_visible=True)[0].passages[0].metadata == {"trait": 1.0}
