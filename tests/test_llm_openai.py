@@ -271,6 +271,27 @@ def test_score_over_http_equals_local_scores(server, local, tiny_llm_dir):
         assert all("prompt_logprobs" in b for b in sent[-4:])
 
 
+@pytest.mark.parametrize("server", [{}, {"echo_logprobs": False}], indirect=True, ids=["echo", "prompt_logprobs"])
+def test_score_over_http_counts_every_byte_of_multibyte_continuations(server, local, tiny_llm_dir):
+    # the tiny byte-level tokenizer splits these characters into several tokens each: the server
+    # echoes the first ones as "" and the client must still count their log-probabilities
+    conts = [" 東京", " café", "é"]
+    convs = [SCORE_CONVS[0]] * len(conts)
+    gen = client(server, tokenizer=str(tiny_llm_dir))
+    assert gen.score(convs, conts) == pytest.approx(local.score(convs, conts), abs=1e-3)
+
+
+def test_continuation_logprobs_keep_empty_echoed_tokens_inside_characters():
+    from ctxkit.llm.openai import _continuation_logprobs
+
+    entries = [("Q", None), (":", -0.5), (" ", -0.6), ("", -1.0), ("", -2.0), ("東", -3.0), ("", -4.0), ("京", -5.0)]
+    assert _continuation_logprobs(entries, "Q: ", "東京", 0) == [-1.0, -2.0, -3.0, -4.0, -5.0]
+    # the same when the echo does not spell the prompt (prompt_logprobs: no text for position 0)
+    assert _continuation_logprobs([("", None), *entries[1:]], "Q: ", "東京", 0) == [-1.0, -2.0, -3.0, -4.0, -5.0]
+    # a special token echoed as "" at the end of the prompt is not part of an ASCII continuation
+    assert _continuation_logprobs([("Q", None), ("", -9.0), ("A", -1.0)], "Q", "A", 0) == [-1.0]
+
+
 def test_score_without_tokenizer_ranks_like_the_model(server, local):
     """No tokenizer: the conversation is sent as plain text; scores still come from the model."""
     gen = client(server)
@@ -485,3 +506,31 @@ def test_mmlu_harness_checks_scoring_before_reading_data(bench_module, tmp_path)
         spec = json.dumps({"backend": "openai", "model": "m", "base_url": srv.url})
         with pytest.raises(CapabilityError, match="MMLU harness"):  # no data exists: the check comes first
             cascade.mmlu(tmp_path / "no-data", tmp_path, "cpu", 5, 5, 0, 3, 1, generator=spec)
+
+
+def test_token_strings_spell_the_text_in_linear_time(tiny_llm_dir):
+    from transformers import AutoTokenizer
+
+    from ctxkit.llm.server import _token_strings
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llm_dir))
+    seen: list[int] = []
+
+    class Counting:
+        def decode(self, ids):
+            seen.append(len(ids))
+            return tok.decode(ids)
+
+    ascii_text = "the quick brown fox: 1928\nnew line  two spaces"
+    seq = tok(ascii_text, add_special_tokens=True)["input_ids"]
+    # ASCII: what each token adds to the decoding of every prefix (the quadratic reference)
+    pieces = [tok.decode(seq[: j + 1]) for j in range(len(seq))]
+    assert _token_strings(tok, seq) == [pieces[0]] + [pieces[j][len(pieces[j - 1]):] for j in range(1, len(seq))]
+    text = "café, naïve 東京 ✓ — " + " ".join(["the quick brown fox"] * 20)
+    seq = tok(text, add_special_tokens=True)["input_ids"]
+    got = _token_strings(Counting(), seq)
+    # byte-level pieces of one character: "" until the token that completes it, never "\ufffd"
+    assert len(got) == len(seq) and "".join(got) == tok.decode(seq) and "\ufffd" not in "".join(got)
+    assert "" in got and any("東" in t for t in got) and any("é" in t for t in got)
+    # every decode call sees a bounded slice, two per token: linear, not quadratic, in the length
+    assert max(seen) <= 8 + 4 and len(seen) == 2 * len(seq) and len(seq) > 60

@@ -234,11 +234,22 @@ def _continuation_logprobs(
     if at >= 0:  # the echoed tokens spell the text: take the tokens overlapping the continuation
         lo, hi = at + len(prompt), at + len(full)
         out, pos = [], 0
+        empty: list[float | None] = []  # "" tokens waiting for the token after them
         for text, lp in entries:
             a, b = pos, pos + len(text)
             pos = b
+            if not text:
+                empty.append(lp)
+                continue
             if b > lo and a < hi:
+                # "" tokens just before are the first bytes of this token's character (an
+                # incremental detokenizer echoes them empty): they belong to it, at the start of
+                # the continuation only when the character is multi-byte (else: e.g. a special token
+                # echoed as "" at the end of the prompt)
+                if empty and (a > lo or not text[0].isascii()):
+                    out.extend(empty)
                 out.append(lp)
+            empty = []
         return out or None
     # special tokens may be echoed as "": count back from the end of the prompt instead
     if n_generated is None:
@@ -248,6 +259,11 @@ def _continuation_logprobs(
         k -= 1
         back.append(entries[k][1])
         covered += len(entries[k][0])
+    # "" tokens before a multi-byte first character are its first bytes (see above)
+    first = entries[k][0] if back else ""
+    while k > 0 and not entries[k - 1][0] and first and not first[0].isascii():
+        k -= 1
+        back.append(entries[k][1])
     return back[::-1] if covered >= len(continuation) else None
 
 

@@ -90,6 +90,28 @@ def _too_long(window: int, n_prompt: int, n_new: int, where: str) -> _BadRequest
     )
 
 
+def _token_strings(tok: Any, seq: list[int], window: int = 8) -> list[str]:
+    """The text each token of ``seq`` adds, so that the pieces spell the decoded sequence.
+
+    Each token's text is what decoding it after the ``window`` tokens before it adds to their
+    decoding (a token alone can decode differently: a leading space dropped). A token that ends
+    inside a multi-byte character gets ``""`` and the token completing the character carries all
+    of it (as incremental detokenizers do), so the text offsets stay exact. Linear in the sequence
+    length (decoding every prefix is quadratic: seconds for a long prompt).
+    """
+    out: list[str] = []
+    pending = 0  # first token whose text is not out yet (it ended inside a character)
+    for j in range(len(seq)):
+        s = max(0, pending - window)
+        base, cur = tok.decode(seq[s:pending]), tok.decode(seq[s: j + 1])
+        if cur.endswith("\ufffd") and j + 1 < len(seq) and j - pending < 3:
+            out.append("")  # a character still incomplete (UTF-8: at most 4 bytes)
+            continue
+        out.append(cur[len(base):] if cur.startswith(base) else tok.decode(seq[pending: j + 1]))
+        pending = j + 1
+    return out
+
+
 def _messages_from_body(body: dict[str, Any]) -> list[Message]:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -376,9 +398,7 @@ class OpenAICompatibleServer:
                     return []
                 return [(int(i), float(v - lse[pos - 1])) for v, i in zip(top_v[pos - 1], top_i[pos - 1], strict=True)]
 
-            pieces = [tok.decode(seq[: j + 1]) for j in range(len(seq))]
-            strs = [pieces[0]] + [pieces[j][len(pieces[j - 1]):] if pieces[j].startswith(pieces[j - 1])
-                                  else tok.decode([seq[j]]) for j in range(1, len(seq))]
+            strs = _token_strings(tok, seq)
             if logprobs is not None:
                 first = 0 if echo else len(ids)
                 offsets, pos = [], 0
