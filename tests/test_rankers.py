@@ -566,8 +566,11 @@ def test_debiased_ranker_learns_the_trait_undebiased_does_not(tmp_path: Path) ->
     store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.05, 0.1, 0.4, 1.0], n_queries=80)
     kw = {"k": 3, "use_embeddings": False, "metadata_features": ["trait"], "epochs": 80, "seed": 0}
     ips, dcg = FeedbackRanker(**kw), FeedbackRanker(**kw, credit="dcg")
-    ips.fit(store)
+    gate = ips.fit(store)["gate"]
     dcg.fit(store)
+    # one cross-fitted test over every query group (validation 0.2: 5 folds)
+    assert gate["folds"] == 5 and gate["kept"] and gate["z"] >= 2.0 and gate["epochs"] >= 1
+    assert gate["groups"] == 80 and len(gate["best_epochs"]) == 5  # every query group scored once
 
     def trait_share(ranker: FeedbackRanker) -> float:
         return float(np.mean([p.metadata["trait"] for s in ranker(_cands()) for p in s.passages]))
@@ -579,7 +582,8 @@ def test_debiased_ranker_learns_the_trait_undebiased_does_not(tmp_path: Path) ->
 def test_placebo_shuffled_feedback_keeps_the_preranked_order(tmp_path: Path) -> None:
     store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.1, 0.2, 0.5, 1.0], shuffle_rewards=True)
     r = FeedbackRanker(k=5, use_embeddings=False, metadata_features=["trait"], epochs=80, seed=0)
-    r.fit(store)
+    info = r.fit(store)
+    assert info["gate"]["kept"] is False and info["gate"]["epochs"] == 0 and info["loss"] == []
     states = _cands()
     before = [[p.id for p in s.passages][:5] for s in states]
     assert [[p.id for p in s.passages] for s in r(states)] == before

@@ -256,18 +256,21 @@ class FeedbackRanker(BaseStage):
         lr: Adam learning rate.
         weight_decay: L2 regularisation.
         temperature: Softmax temperature of the ListNet targets.
-        validation: Fraction of query groups held out for early stopping (0: train all epochs).
-            The best weights on them are kept; with feedback that carries no signal this is the
-            untrained start, so the pre-ranking order is kept instead of fitting noise.
-        patience: Epochs without validation improvement before stopping.
-        min_delta: Validation improvement that counts, relative to the untrained model's
-            validation loss (for ListNet the KL divergence to the targets). With list rewards
-            most of that loss is noise no model can explain, so the default is 0 and
-            ``val_z`` decides instead.
-        val_z: A model only replaces the untrained start when its validation improvement over
-            the start is significant: the mean per-group improvement at least ``val_z`` standard
-            errors (paired over the held-out query groups). Fitting noise (e.g. shuffled
-            rewards) rarely passes it; a real signal does, however small its share of the loss.
+        validation: Fraction of query groups per validation fold (0.2: 5 folds; 0: no gate,
+            train every epoch and keep the last weights). See ``val_z``.
+        patience: Epochs without validation improvement before a fold's training stops.
+        min_delta: Validation improvement that counts when a fold picks its best epoch,
+            relative to the untrained model's validation loss (for ListNet the KL divergence to
+            the targets). With list rewards most of that loss is noise no model can explain, so
+            the default is 0 and ``val_z`` decides instead.
+        val_z: The gate. ``fit`` trains one model per fold on the other folds, stopped early on
+            its fold; each fold's groups are then scored at the epoch count the other folds
+            chose, and the per-group improvements over the untrained start, over every query
+            group, make one paired test. Only when their mean is at least ``val_z`` standard
+            errors above 0 does a model trained on every group (for the folds' median epoch
+            count) replace the start; otherwise the pre-ranking order stays. Fitting noise (e.g.
+            shuffled rewards) rarely passes it; a real signal does, however small its share of
+            the loss. ``fit`` reports the test (``"gate"``). Costs ``folds + 1`` trainings.
         seed: Seed of initialisation and training (same seed, same data: identical weights).
     """
 
@@ -307,6 +310,7 @@ class FeedbackRanker(BaseStage):
     _emb: Any = PrivateAttr(default=None)
     _last_seen: int = PrivateAttr(default=0)
     _val_history: list[float] = PrivateAttr(default_factory=list)
+    _confirmation: dict[str, Any] | None = PrivateAttr(default=None)
     _theta: list[float] | None = PrivateAttr(default=None)
 
     @field_validator("position_weights")
@@ -554,8 +558,8 @@ class FeedbackRanker(BaseStage):
         return groups, targets
 
     def _train(self, groups: list[tuple[str, list[Passage]]], targets: list[Any], epochs: int) -> list[float]:
-        """Mini-batch training; with ``validation`` > 0, early stopping on held-out query groups
-        (the best weights are kept, which can be the untrained start: no signal, no change).
+        """Mini-batch training behind the cross-fitted gate (see ``val_z``): the weights trained on
+        every group when the gate passes, the start weights (no change) when it does not.
 
         ``credit="ips"`` fits the examination model of the list rewards: a list's predicted
         advantage is ``sum_p theta_p * score(item at p)`` minus the mean of that over its query's
@@ -583,8 +587,6 @@ class FeedbackRanker(BaseStage):
         gen = torch.Generator().manual_seed(self.seed + self._n_lists)
         n = len(groups)
         order = torch.randperm(n, generator=gen)
-        n_val = round(self.validation * n) if n >= 5 else 0
-        val_idx, train_idx = order[:n_val], order[n_val:]
 
         def loss_of(idx: Any, reduce: bool = True) -> Any:
             """The batch loss, or (``reduce=False``) one loss per query group."""
@@ -600,64 +602,100 @@ class FeedbackRanker(BaseStage):
                 return listnet_loss(s, tgt_t[idx], batch["mask"], self.temperature, reduce=reduce)
             return plackett_luce_loss(s, tgt_t[idx], batch["mask"], reduce=reduce)
 
-        entropy = 0.0
-        if n_val and not by_list and self.loss == "listnet":  # report ListNet as KL(targets || model): 0 is perfect
-            m = t["mask"][val_idx]
-            p = torch.softmax(torch.where(m, tgt_t[val_idx] / self.temperature, -1e30), dim=-1)
-            entropy = float(-(p * torch.log(p.clamp_min(1e-30)) * m).sum(-1).mean())
-
-        def val_loss() -> tuple[float, np.ndarray]:
+        def evaluate(idx: Any) -> tuple[float, np.ndarray]:
+            """Mean loss and per-group losses of ``idx`` (eval mode, no gradients); the mean is
+            reported for ListNet as KL(targets || model), 0 being perfect."""
             self._net.eval()
             with torch.no_grad():
-                v = float(loss_of(val_idx)) - entropy
-                per_group = loss_of(val_idx, reduce=False).numpy().astype(np.float64)
+                per_group = loss_of(idx, reduce=False).numpy().astype(np.float64)
+                entropy = 0.0
+                if not by_list and self.loss == "listnet":
+                    m = t["mask"][idx]
+                    q = torch.softmax(torch.where(m, tgt_t[idx] / self.temperature, -1e30), dim=-1)
+                    entropy = float(-(q * torch.log(q.clamp_min(1e-30)) * m).sum(-1).mean())
             self._net.train()
-            return v, per_group
+            return float(per_group.mean()) - entropy, per_group
 
-        def significant(per_group: np.ndarray) -> bool:
-            """Better than the untrained start beyond the noise of the held-out groups (paired)."""
-            d = start_groups - per_group
-            if len(d) < 2:
-                return True
-            return float(d.mean()) > self.val_z * float(d.std(ddof=1)) / math.sqrt(len(d))
+        start_state = {k: v.clone() for k, v in self._net.state_dict().items()}
 
-        best, start_groups = val_loss() if n_val else (float("inf"), np.zeros(0))
-        self._val_history = [best] if n_val else []
-        best_state = {k: v.clone() for k, v in self._net.state_dict().items()}
-        bad = 0
-        # mini-batches of query groups, at least _MIN_STEPS optimiser steps per epoch (a few hundred
-        # groups in one 256-group batch would be one step per epoch: early stopping would then judge
-        # the model after a handful of steps)
-        bs = max(1, min(256, math.ceil(len(train_idx) / _MIN_STEPS)))
-        history = []
-        self._net.train()
-        from tqdm.auto import trange
+        def run(train_idx: Any, stop_idx: Any | None, n_epochs: int) -> tuple[list[float], list[np.ndarray], int]:
+            """Train from the start weights; with ``stop_idx``, stop early on their loss. Returns
+            the train losses, the per-group losses of ``stop_idx`` after each epoch (the start
+            first) and the best epoch (0: the start)."""
+            from tqdm.auto import trange
 
-        for _ in trange(epochs, desc="feedback_ranker", disable=epochs * n < 20000, leave=False):
-            perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            total = 0.0
-            for i in range(0, len(perm), bs):
-                idx = perm[i : i + bs]
-                loss = loss_of(idx)
-                self._opt.zero_grad()
-                loss.backward()
-                self._opt.step()
-                total += float(loss.detach()) * len(idx)
-            history.append(total / max(len(perm), 1))
-            if n_val:
-                v, per_group = val_loss()
-                self._val_history.append(v)
-                if v < best - self.min_delta * abs(self._val_history[0]) and significant(per_group):
-                    best, bad = v, 0
-                    best_state = {k: x.clone() for k, x in self._net.state_dict().items()}
+            self._net.load_state_dict(start_state)
+            self._opt = torch.optim.Adam(self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            # mini-batches of query groups, at least _MIN_STEPS optimiser steps per epoch (a few
+            # hundred groups in one batch would be one step per epoch: early stopping would then
+            # judge the model after a handful of steps)
+            bs = max(1, min(256, math.ceil(len(train_idx) / _MIN_STEPS)))
+            history: list[float] = []
+            first = evaluate(stop_idx) if stop_idx is not None else (float("inf"), np.zeros(0))
+            per_epoch, means = [first[1]], [first[0]]
+            best, best_epoch, bad = first[0], 0, 0
+            self._net.train()
+            for epoch in trange(n_epochs, desc="feedback_ranker", disable=n_epochs * len(train_idx) < 20000, leave=False):
+                perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+                total = 0.0
+                for i in range(0, len(perm), bs):
+                    idx = perm[i : i + bs]
+                    loss = loss_of(idx)
+                    self._opt.zero_grad()
+                    loss.backward()
+                    self._opt.step()
+                    total += float(loss.detach()) * len(idx)
+                history.append(total / max(len(perm), 1))
+                if stop_idx is None:
+                    continue
+                v, groups_v = evaluate(stop_idx)
+                per_epoch.append(groups_v)
+                means.append(v)
+                if v < best - self.min_delta * abs(means[0]):
+                    best, best_epoch, bad = v, epoch + 1, 0
                 else:
                     bad += 1
                     if bad >= self.patience:
                         break
-        if n_val:
-            self._net.load_state_dict(best_state)
-        self._net.eval()
-        return history
+            self._val_history = means
+            self._net.eval()
+            return history, per_epoch, best_epoch
+
+        k = min(max(2, round(1.0 / self.validation)), n // 2) if self.validation > 0 and n >= 5 else 0
+        self._confirmation = None
+        if not k:  # no held-out groups: train every epoch, keep the last weights
+            self._val_history = []
+            return run(order, None, epochs)[0]
+        # cross-fitted gate: k models, each trained on all folds but one and stopped early on it;
+        # each fold's groups are then scored at the epoch count the OTHER folds chose (so no group
+        # scores the epoch picked on it), and the paired per-group improvements over the start of
+        # every group make ONE test (testing every epoch's model on the groups it stops on lets
+        # noise through). The shipped model trains on every group for the median chosen epochs.
+        curves, best_epochs, fold_val = [], [], []
+        for f in range(k):
+            rest = torch.cat([order[g::k] for g in range(k) if g != f])
+            _, per_epoch, best_epoch = run(rest, order[f::k], epochs)
+            curves.append(per_epoch)
+            best_epochs.append(best_epoch)
+            fold_val.append(list(self._val_history))
+        improvements = []
+        for f in range(k):
+            e = round(float(np.median([b for g, b in enumerate(best_epochs) if g != f])))
+            improvements.append(curves[f][0] - curves[f][min(e, len(curves[f]) - 1)])
+        d = np.concatenate(improvements)
+        se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
+        z = float(d.mean()) / se if se > 0 else (math.inf if d.mean() > 0 else 0.0)
+        final_epochs = round(float(np.median(best_epochs)))
+        kept = bool(z >= self.val_z and d.mean() > 0 and final_epochs > 0)
+        self._val_history = fold_val[0]
+        self._confirmation = {"folds": k, "groups": len(d), "mean_improvement": round(float(d.mean()), 6),
+                              "z": round(z, 3) if math.isfinite(z) else z, "best_epochs": best_epochs,
+                              "kept": kept, "epochs": final_epochs if kept else 0}
+        if not kept:  # not better than the start beyond noise: keep the start (pre-ranking order)
+            self._net.load_state_dict(start_state)
+            self._net.eval()
+            return []
+        return run(order, None, final_epochs)[0]
 
     def _feature_keys(self, lists: Sequence[ShownList]) -> list[str]:
         if self.score_keys is not None:
@@ -715,7 +753,7 @@ class FeedbackRanker(BaseStage):
         hist = self._train(groups, targets, epochs or self.epochs)
         self._last_event_id = max([self._last_seen] + [sl.last_event_id for sl in lists])
         return {"lists": len(lists), "groups": len(groups), "loss": hist, "val_loss": list(self._val_history),
-                "position_effects": self.position_effects}
+                "gate": self._confirmation, "position_effects": self.position_effects}
 
     def partial_fit(self, source: FeedbackStore | str | Sequence[ShownList] | None = None, *, epochs: int | None = None) -> dict[str, Any]:
         """Online update: train a few epochs on lists that got feedback since the last fit.
