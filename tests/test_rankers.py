@@ -566,7 +566,9 @@ def test_debiased_ranker_learns_the_trait_undebiased_does_not(tmp_path: Path) ->
     store = _arranged_store(tmp_path / "fb.sqlite", "best_last", examination=[0.05, 0.1, 0.4, 1.0], n_queries=80)
     kw = {"k": 3, "use_embeddings": False, "metadata_features": ["trait"], "epochs": 80, "seed": 0}
     ips, dcg = FeedbackRanker(**kw), FeedbackRanker(**kw, credit="dcg")
-    gate = ips.fit(store)["gate"]
+    info = ips.fit(store)
+    gate = info["gate"]
+    assert info["val_loss"] and all(np.isfinite(info["val_loss"]))  # the first fold's early-stopping curve
     dcg.fit(store)
     # one cross-fitted test over every query group (validation 0.2: 5 folds)
     assert gate["folds"] == 5 and gate["kept"] and gate["z"] >= 2.0 and gate["epochs"] >= 1

@@ -310,7 +310,7 @@ class FeedbackRanker(BaseStage):
     _emb: Any = PrivateAttr(default=None)
     _last_seen: int = PrivateAttr(default=0)
     _val_history: list[float] = PrivateAttr(default_factory=list)
-    _confirmation: dict[str, Any] | None = PrivateAttr(default=None)
+    _gate: dict[str, Any] | None = PrivateAttr(default=None)
     _theta: list[float] | None = PrivateAttr(default=None)
 
     @field_validator("position_weights")
@@ -657,12 +657,13 @@ class FeedbackRanker(BaseStage):
                     bad += 1
                     if bad >= self.patience:
                         break
-            self._val_history = means
+            if stop_idx is not None:
+                self._val_history = means
             self._net.eval()
             return history, per_epoch, best_epoch
 
         k = min(max(2, round(1.0 / self.validation)), n // 2) if self.validation > 0 and n >= 5 else 0
-        self._confirmation = None
+        self._gate = None
         if not k:  # no held-out groups: train every epoch, keep the last weights
             self._val_history = []
             return run(order, None, epochs)[0]
@@ -688,7 +689,7 @@ class FeedbackRanker(BaseStage):
         final_epochs = round(float(np.median(best_epochs)))
         kept = bool(z >= self.val_z and d.mean() > 0 and final_epochs > 0)
         self._val_history = fold_val[0]
-        self._confirmation = {"folds": k, "groups": len(d), "mean_improvement": round(float(d.mean()), 6),
+        self._gate = {"folds": k, "groups": len(d), "mean_improvement": round(float(d.mean()), 6),
                               "z": round(z, 3) if math.isfinite(z) else z, "best_epochs": best_epochs,
                               "kept": kept, "epochs": final_epochs if kept else 0}
         if not kept:  # not better than the start beyond noise: keep the start (pre-ranking order)
@@ -753,7 +754,7 @@ class FeedbackRanker(BaseStage):
         hist = self._train(groups, targets, epochs or self.epochs)
         self._last_event_id = max([self._last_seen] + [sl.last_event_id for sl in lists])
         return {"lists": len(lists), "groups": len(groups), "loss": hist, "val_loss": list(self._val_history),
-                "gate": self._confirmation, "position_effects": self.position_effects}
+                "gate": self._gate, "position_effects": self.position_effects}
 
     def partial_fit(self, source: FeedbackStore | str | Sequence[ShownList] | None = None, *, epochs: int | None = None) -> dict[str, Any]:
         """Online update: train a few epochs on lists that got feedback since the last fit.
