@@ -85,8 +85,10 @@ SIM = {
 #: lists logged per training query tried by the diagnostics (the design rule picks one of them)
 SIM_SIZES = (4, 16, 64, 128, 256)
 # How a passage's source reads. Reliable sources are what the simulated reader uses; the semantic
-# pre-ranker cannot tell them apart (they say nothing about the question). Train and test queries
-# use DIFFERENT phrasings, so the ranker has to learn what reliability looks like, not strings.
+# pre-ranker cannot tell them apart (they say nothing about the question). The reported design
+# uses the "train" phrasings for every query (recurring sources); with phrasings="unseen" the dev
+# and test queries use the "test" ones, so the ranker would have to learn what reliability looks
+# like, not which strings recur.
 RELIABLE = {
     "train": ["Source: a peer-reviewed encyclopedia entry checked by its editors.",
               "From an official national archive record.",
