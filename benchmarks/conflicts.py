@@ -248,6 +248,21 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) 
     return {"threshold": round(thr, 4), "head": head, "target_false_flag_rate": target, "dev": report}
 
 
+class _Cached:
+    """A judge that asks its inner judge each (belief, text) pair once: the benchmark reads every
+    item three times (passage scores, flags, localisation) and an LLM judge keeps no cache."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.config, self._memo = inner, getattr(inner, "config", {}), {}
+
+    def predict(self, beliefs, texts) -> np.ndarray:
+        todo = list(dict.fromkeys(k for k in zip(beliefs, texts, strict=True) if k not in self._memo))
+        if todo:
+            probs = self.inner.predict([b for b, _ in todo], [t for _, t in todo])
+            self._memo.update(zip(todo, probs, strict=True))
+        return np.array([self._memo[k] for k in zip(beliefs, texts, strict=True)]).reshape(len(beliefs), 3)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results.json")
@@ -259,6 +274,11 @@ def main() -> int:
     ap.add_argument("--misses", type=int, default=0, help="store N wrongly decided dev items per set")
     ap.add_argument("--speed", type=int, default=0, help="time the detectors on N items of each set")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--llm-judge", default=None, metavar="GENERATOR",
+                    help="score with LLMClaimJudge over this generator instead of the packaged judge: a model "
+                    "name/path ('default': the offline SmolLM2-135M) or a generator spec as JSON; its passage "
+                    "head and threshold are the ConflictDetector defaults (no calibration of its own), so "
+                    "read its AUC, not its flags")
     ap.add_argument("--calibrate", default=None, metavar="JUDGE_DIR",
                     help="fit the detector's passage head and threshold on the dev split and write them "
                     "into JUDGE_DIR/judge.json")
@@ -295,11 +315,18 @@ def main() -> int:
 
     # the packaged judge keeping every verdict: the benchmark reads each item three times (passage
     # scores, flags, localisation); same model, calibration and outputs as ConflictDetector()'s
-    det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None))
+    if args.llm_judge:
+        from ctxkit.faithfulness.judge import LLMClaimJudge
+
+        spec = json.loads(args.llm_judge) if args.llm_judge.lstrip().startswith("{") else args.llm_judge
+        det = ConflictDetector(device=args.device, judge=_Cached(LLMClaimJudge(spec)), threshold=0.5)
+    else:
+        det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None))
     base = ConflictDetector(judge=None, device=args.device) if args.baseline else None
     results: dict = {"command": " ".join(["python", "benchmarks/conflicts.py", *sys.argv[1:]]), "split": args.split,
                      "machine": machine(), "detection": {}, "localisation": {},
-                     "defaults": {"judge": "default", "threshold": det.threshold, "head": det.head}}
+                     "defaults": {"judge": f"llm: {args.llm_judge}" if args.llm_judge else "default",
+                                  "threshold": det.threshold, "head": det.head}}
     if base is not None:
         results["baseline_heuristic"] = {"detection": {}, "localisation": {}}
     t0 = time.perf_counter()
@@ -317,8 +344,9 @@ def main() -> int:
             # the same metrics on the ids whose passage no dev_train / dev id carries
             held = np.array([not it["passage_seen"] for it in items])
             sub = [it for it, h in zip(items, held, strict=True) if h]
-            res["passage_held_out"] = detection_metrics(sub, scores[held], flags[held])
-            results["localisation"][name]["passage_held_out"] = localisation(sub, det)
+            if any(it["kind"] == "conflict" for it in sub):  # else: no held-out id in this run
+                res["passage_held_out"] = detection_metrics(sub, scores[held], flags[held])
+                results["localisation"][name]["passage_held_out"] = localisation(sub, det)
         if base is not None:
             results["baseline_heuristic"]["detection"][name] = detection(items, base)[0]
             if name in ("squad", "musique"):

@@ -112,6 +112,32 @@ def test_passage_held_out_leaves_out_test_ids_whose_passage_a_dev_id_carries(ben
     assert res["localisation"]["squad"]["passage_held_out"]["pairs"] == len(PAIRS) - 1
 
 
+def test_llm_judge_is_scored_through_the_same_benchmark(bench, tmp_path, monkeypatch, tiny_llm_dir) -> None:
+    data = _data(tmp_path / "data", "test")
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--device", "cpu", "--sets", "squad",
+                                      "--llm-judge", str(tiny_llm_dir), "--out", str(out)])
+    calls = []
+    from ctxkit.faithfulness.judge import LLMClaimJudge
+
+    real = LLMClaimJudge.predict
+
+    def counted(self, beliefs, texts):
+        calls.append(len(beliefs))
+        return real(self, beliefs, texts)
+
+    monkeypatch.setattr(LLMClaimJudge, "predict", counted)
+    assert bench.main() == 0
+    res = json.loads(out.read_text())
+    assert res["defaults"]["judge"] == f"llm: {tiny_llm_dir}" and res["defaults"]["threshold"] == 0.5
+    r = res["detection"]["squad"]
+    assert r["n_conflict"] == r["n_support"] == len(PAIRS) and 0.0 <= r["auc"] <= 1.0
+    assert res["localisation"]["squad"]["pairs"] == len(PAIRS)
+    # each (belief, sentence) pair reaches the LLM once although the benchmark reads items three times
+    n_sents = sum(len(bench.split_sentences(t)) for _, _, _, gc, nc in PAIRS for t in (gc, nc))
+    assert sum(calls) <= n_sents + sum(len(bench.split_sentences(p[3])) for p in PAIRS)
+
+
 def test_misses_are_for_the_dev_split_only(bench, tmp_path, monkeypatch) -> None:
     data = _data(tmp_path / "data", "test")
     monkeypatch.setattr(sys, "argv", ["conflicts.py", "--data", str(data), "--misses", "3", "--out",
