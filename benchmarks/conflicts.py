@@ -248,21 +248,6 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) 
     return {"threshold": round(thr, 4), "head": head, "target_false_flag_rate": target, "dev": report}
 
 
-class _Cached:
-    """A judge that asks its inner judge each (belief, text) pair once: the benchmark reads every
-    item three times (passage scores, flags, localisation) and an LLM judge keeps no cache."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.config, self._memo = inner, getattr(inner, "config", {}), {}
-
-    def predict(self, beliefs, texts) -> np.ndarray:
-        todo = list(dict.fromkeys(k for k in zip(beliefs, texts, strict=True) if k not in self._memo))
-        if todo:
-            probs = self.inner.predict([b for b, _ in todo], [t for _, t in todo])
-            self._memo.update(zip(todo, probs, strict=True))
-        return np.array([self._memo[k] for k in zip(beliefs, texts, strict=True)]).reshape(len(beliefs), 3)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results.json")
@@ -319,7 +304,7 @@ def main() -> int:
         from ctxkit.faithfulness.judge import LLMClaimJudge
 
         spec = json.loads(args.llm_judge) if args.llm_judge.lstrip().startswith("{") else args.llm_judge
-        det = ConflictDetector(device=args.device, judge=_Cached(LLMClaimJudge(spec)), threshold=0.5)
+        det = ConflictDetector(device=args.device, judge=LLMClaimJudge(spec, cache_size=None), threshold=0.5)
     else:
         det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None))
     base = ConflictDetector(judge=None, device=args.device) if args.baseline else None

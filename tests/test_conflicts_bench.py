@@ -120,13 +120,13 @@ def test_llm_judge_is_scored_through_the_same_benchmark(bench, tmp_path, monkeyp
     calls = []
     from ctxkit.faithfulness.judge import LLMClaimJudge
 
-    real = LLMClaimJudge.predict
+    real = LLMClaimJudge._ask  # what reaches the LLM
 
     def counted(self, beliefs, texts):
         calls.append(len(beliefs))
         return real(self, beliefs, texts)
 
-    monkeypatch.setattr(LLMClaimJudge, "predict", counted)
+    monkeypatch.setattr(LLMClaimJudge, "_ask", counted)
     assert bench.main() == 0
     res = json.loads(out.read_text())
     assert res["defaults"]["judge"] == f"llm: {tiny_llm_dir}" and res["defaults"]["threshold"] == 0.5

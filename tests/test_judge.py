@@ -252,6 +252,13 @@ def test_llm_judge_parses_verdicts_and_scores_with_a_generator(tiny_llm_dir) -> 
     judge = LLMClaimJudge(gen, batch_size=2)
     probs = judge.predict(["The tower is 330 m tall."] * 3, ["It is 330 m tall.", "It is 20 m tall.", "Cats purr."])
     assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1.0)
+    # a pair judged before comes from the cache: the generator is not asked again
+    asked = []
+    real_score = gen.score
+    gen.score = lambda convs, conts, **kw: asked.append(len(convs)) or real_score(convs, conts, **kw)
+    again = judge.predict(["The tower is 330 m tall.", "New."], ["Cats purr.", "Other."])
+    assert np.allclose(again[0], probs[2]) and asked == [3]  # only the new pair's three answer words
+    assert LLMClaimJudge(gen, cache_size=0).cache is None
     parsed = LLMClaimJudge(gen, use_scores=False)
     p2 = parsed.predict(["a"], ["b"])
     assert np.allclose(p2.sum(1), 1.0) and parsed.parse_failures + int(p2.max() == 0.9) >= 1

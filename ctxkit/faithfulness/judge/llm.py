@@ -59,12 +59,20 @@ class LLMClaimJudge:
         batch_size: Pairs per generator call.
         use_scores: ``"auto"``: likelihoods of the three answer words when the generator can
             score, else the parsed reply; ``True`` / ``False`` force one way.
+        cache_size: ``(belief, text)`` verdicts kept for reuse, as :class:`ClaimJudge` does
+            (``ConflictDetector`` reads a pair for scores, flags and ranking; ``0``: none,
+            ``None``: unbounded).
     """
 
     def __init__(self, generator: Any = "default", *, prompt: str = JUDGE_PROMPT, batch_size: int = 16,
-                 use_scores: bool | str = "auto") -> None:
+                 use_scores: bool | str = "auto", cache_size: int | None = 20_000) -> None:
+        from ..._lru import LRUCache
+
         if "{belief}" not in prompt or "{text}" not in prompt:
             raise InputError("LLMClaimJudge: the prompt needs {belief} and {text} slots")
+        if cache_size is not None and cache_size < 0:
+            raise InputError(f"LLMClaimJudge: cache_size must be >= 0 or None, got {cache_size}")
+        self.cache: LRUCache | None = LRUCache(cache_size) if cache_size != 0 else None
         self._spec = generator
         self._gen: Any = None
         self.prompt = prompt
@@ -99,11 +107,17 @@ class LLMClaimJudge:
         return callable(getattr(gen, "score", None))
 
     def predict(self, beliefs: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        """Probabilities, shape ``(n, 3)``: columns support, conflict, unrelated."""
-        from ...llm.base import Message
+        """Probabilities, shape ``(n, 3)``: columns support, conflict, unrelated (pairs still in
+        :attr:`cache` are not asked again)."""
+        from .model import cached_verdicts
 
         if len(beliefs) != len(texts):
             raise InputError(f"LLMClaimJudge: {len(beliefs)} beliefs but {len(texts)} texts")
+        return cached_verdicts(self.cache, beliefs, texts, self._ask)
+
+    def _ask(self, beliefs: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        from ...llm.base import Message
+
         convs = [[Message(role="user", content=self.prompt.format(belief=b, text=t))]
                  for b, t in zip(beliefs, texts, strict=True)]
         out = np.zeros((len(convs), 3))

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_JUDGE",
     "ClaimJudge",
     "build_network",
+    "cached_verdicts",
     "cpu_has_native_bf16",
     "lora_targets",
     "merge_shipped_state",
@@ -225,20 +226,31 @@ class ClaimJudge:
         (pairs judged before and still in :attr:`cache` are not judged again)."""
         if len(beliefs) != len(texts):
             raise InputError(f"ClaimJudge: {len(beliefs)} beliefs but {len(texts)} texts")
-        pairs = list(zip(beliefs, texts, strict=True))
-        known = {} if self.cache is None else {p: v for p in dict.fromkeys(pairs) if (v := self.cache.get(p)) is not None}
-        todo = [p for p in dict.fromkeys(pairs) if p not in known]
-        if todo:
-            z = self.logits([b for b, _ in todo], [t for _, t in todo]) / self.temperature
+
+        def judge(bs: list[str], ts: list[str]) -> np.ndarray:
+            z = self.logits(bs, ts) / self.temperature
             z -= z.max(axis=1, keepdims=True)
             e = np.exp(z)
-            fresh = dict(zip(todo, e / e.sum(axis=1, keepdims=True), strict=True))
-            if self.cache is not None:
-                self.cache.update(fresh)
-            known.update(fresh)
-        if not pairs:
-            return np.zeros((0, len(LABELS)), np.float32)
-        return np.stack([known[p] for p in pairs])
+            return e / e.sum(axis=1, keepdims=True)
+
+        return cached_verdicts(self.cache, beliefs, texts, judge)
+
+
+def cached_verdicts(cache: LRUCache | None, beliefs: Sequence[str], texts: Sequence[str],
+                    judge: Any) -> np.ndarray:
+    """Verdict rows (``(n, 3)``) of ``(belief, text)`` pairs: those in ``cache`` reused, each other
+    distinct pair sent to ``judge(beliefs, texts)`` once and added to the cache (``None``: none)."""
+    pairs = list(zip(beliefs, texts, strict=True))
+    known = {} if cache is None else {p: v for p in dict.fromkeys(pairs) if (v := cache.get(p)) is not None}
+    todo = [p for p in dict.fromkeys(pairs) if p not in known]
+    if todo:
+        fresh = dict(zip(todo, np.asarray(judge([b for b, _ in todo], [t for _, t in todo])), strict=True))
+        if cache is not None:
+            cache.update(fresh)
+        known.update(fresh)
+    if not pairs:
+        return np.zeros((0, len(LABELS)), np.float32)
+    return np.stack([known[p] for p in pairs])
 
 
 _SHARED: dict[tuple[str, str, int, str], ClaimJudge] = {}
