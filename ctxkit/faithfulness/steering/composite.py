@@ -305,14 +305,10 @@ class CompositeDetector:
 
     def judge_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Judge probabilities for ``(belief, text)`` pairs, cached, in one call."""
-        found = {p: v for p in dict.fromkeys(pairs) if (v := self.judge_cache.get(p)) is not None}
-        todo = [p for p in dict.fromkeys(pairs) if p not in found]
-        if todo:
-            fresh = dict(zip(todo, np.asarray(self.judge.predict([b for b, _ in todo], [t for _, t in todo]),
-                                              dtype=float), strict=True))
-            self.judge_cache.update(fresh)
-            found.update(fresh)
-        return np.stack([found[p] for p in pairs]) if pairs else np.zeros((0, 3))
+        from ..judge.model import cached_verdicts
+
+        return cached_verdicts(self.judge_cache, [b for b, _ in pairs], [t for _, t in pairs],
+                               lambda bs, ts: np.asarray(self.judge.predict(bs, ts), dtype=float))
 
     def features(self, queries: Sequence[str], item_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Head features per list, ``(m, len(FEATURES))`` each (claim features 0 when that signal is off)."""
