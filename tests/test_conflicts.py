@@ -358,3 +358,39 @@ def test_a_name_built_on_the_subject_is_not_a_substitute_value(heuristic) -> Non
     assert heuristic.detect([belief], "Gustave Eiffel's company designed and built the tower.") == []
     found = heuristic.detect([belief], "The Eiffel Tower stands on the Champ de Mars in Lyon.")
     assert found and (found[0].belief_span, found[0].chunk_span) == ("Paris", "Lyon")
+
+
+class _FlatJudge:
+    """A judge that finds every sentence equally conflicting (it cannot localise), calibrated."""
+
+    def __init__(self) -> None:
+        self.config = {"detector": {"threshold": 0.5, "head": {}}}
+
+    def predict(self, beliefs, texts):
+        return np.tile([0.1, 0.8, 0.1], (len(beliefs), 1))
+
+
+def test_records_name_the_sentence_the_span_ranking_points_to_when_the_judge_cannot_tell(minilm) -> None:
+    sentences = [
+        "Normandy is famous for its cheese and apples.",
+        "The Normans gave their name to Normandy, a region in Spain.",
+        "Rollo was a Viking leader in the 10th century.",
+    ]
+    belief = Belief.from_answer("In what country is Normandy located?", "France")
+    fused = ConflictDetector(judge=_FlatJudge())
+    fused._embedder = minilm
+    alone = ConflictDetector(judge=_FlatJudge(), span_rank_weight=0.0)
+    alone._embedder = minilm
+
+    ranked = fused.rank([[belief]], [sentences])[0]
+    assert ranked[0].chunk == 1
+    for c in ranked:  # judge probability + weight x span ranking score
+        assert c.rank_score == pytest.approx(c.info["conflict"] + fused.span_rank_weight * c.info["span_rank"])
+    records = fused.detect([belief], " ".join(sentences))
+    assert records[0].chunk == sentences[1] and records[0].kind == "entity"
+    # the passage is flagged either way (detection does not use the span ranking)
+    assert fused.passage_scores([[belief]], [[Passage(id="p", text=" ".join(sentences))]]) == \
+        alone.passage_scores([[belief]], [[Passage(id="p", text=" ".join(sentences))]])
+    assert all("span_rank" not in c.info for c in alone.rank([[belief]], [sentences])[0])
+    with pytest.raises(ConfigError):
+        ConflictDetector(judge=_FlatJudge(), span_rank_weight=-1.0)
