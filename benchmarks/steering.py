@@ -16,6 +16,9 @@ Tables (all at the detector's default threshold unless said otherwise):
 * ``heldout_category``: leave-one-category-out on the RW testbed (tags off): the head is trained on
   the dev rows of three categories (threshold chosen on them) and evaluated on the fourth
   category's rows of the evaluated split; policies are configuration and never trained.
+* ``heldout_category.transfer_limits``: what limits that table -- each head feature's AUC per
+  category (its direction differs between categories) and the same head fitted on the category's
+  own dev rows (``in_category``: a reference the held-out head cannot have).
 * ``answers`` (``--answers N``): answer accuracy of SmolLM2 on N PoisonedRAG questions at 1/3/5
   poisoned items: plain (all passages), steered (flagged passages removed at the default
   threshold) and isolate-then-aggregate (:class:`IsolateAggregate`): share of answers holding the
@@ -46,7 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import data_missing, data_root, machine, prf, write_json
+from _common import auc, data_missing, data_root, machine, prf, write_json
 from _steering_lists import CtxList, build_indexes, clean_lists, on_topic_lists, poison_lists, split
 
 from ctxkit.faithfulness.steering import CATEGORIES, build_testbed, load_pools
@@ -225,6 +228,41 @@ def loco(testbed: list[CtxList], split_name: str, signals: list[str], seed: int,
     return res
 
 
+def transfer_limits(testbed: list[CtxList], split_name: str, signals: list[str], seed: int, features: list[str]) -> dict:
+    """Why the leave-one-category-out head cannot reach the fourth category: per category, each
+    head feature's AUC (above 0.5: higher on inappropriate items), and the same head fitted on
+    that category's own dev rows (``in_category``; F1-optimal threshold on those rows; with
+    ``split_name="dev"`` two folds by row, so no row scores itself) -- a reference the held-out
+    head would need the category's own labels for."""
+    cats = [c for c in CATEGORIES if any(lst.meta["category"] == c for lst in testbed)]
+    on = {f for s in HEAD_SIGNALS if s in signals for f in HEAD_SIGNALS[s]}
+    feats = [f for f in features if f in on]
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    out: dict = {"feature_auc": {}, "in_category": {}}
+    for cat in cats:
+        evals = [lst for lst in testbed if lst.meta["category"] == cat and lst.split == split_name]
+        x, y, _ = stack(evals)
+        out["feature_auc"][cat] = {f: round(auc(x[y == 1, FEATURES.index(f)], x[y == 0, FEATURES.index(f)]), 4)
+                                   for f in FEATURES if f in on}
+        dev = [lst for lst in testbed if lst.meta["category"] == cat and lst.split == "dev"]
+        rows = sorted({lst.id.rsplit("@", 1)[0] for lst in dev})
+        folds = [(dev, evals)] if split_name != "dev" else [
+            ([lst for lst in dev if (rows.index(lst.id.rsplit("@", 1)[0]) % 2) != k],
+             [lst for lst in dev if (rows.index(lst.id.rsplit("@", 1)[0]) % 2) == k]) for k in (0, 1)]
+        ys, ps = [], []
+        for train, test in folds:
+            xt, yt, pol = stack(train)
+            head = fit_head(xt, yt, feats, explained=pol >= 0.5, seed=seed)
+            ptr = np.concatenate([probabilities(head, lst, signals) for lst in train])
+            thr = float(max(grid, key=lambda t: prf(yt, (ptr >= t).astype(int))["f1"]))
+            ys.append(np.concatenate([lst.labels for lst in test]))
+            ps.append((np.concatenate([probabilities(head, lst, signals) for lst in test]) >= thr).astype(int))
+        out["in_category"][cat] = prf(np.concatenate(ys), np.concatenate(ps))
+    out["in_category_macro_f1"] = round(float(np.mean([out["in_category"][c]["f1"] for c in cats])), 4)
+    out["features"] = feats
+    return out
+
+
 def answers_eval(lists: list[CtxList], n: int, det_threshold: float, head, signals, max_new_tokens: int) -> dict:
     """SmolLM2 answers: plain, steered (flagged removed), isolate-then-aggregate."""
     from ctxkit.faithfulness.steering.isolate import IsolateAggregate
@@ -368,6 +406,8 @@ def main() -> int:
         "threshold": thr,
         "signals": signals,
     }
+    results["heldout_category"]["transfer_limits"] = transfer_limits(testbed, args.split, signals, args.seed,
+                                                                     list(head["features"]))
     ev_on = [lst for lst in ontopic if lst.split == args.split]
     on = poison_table(head, ev_on, signals, thr)
     true_flags = [float(probabilities(head, lst, signals)[i] >= thr) for lst in ev_on for i in lst.meta["true_on_topic"]]
