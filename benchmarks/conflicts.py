@@ -248,6 +248,29 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) 
     return {"threshold": round(thr, 4), "head": head, "target_false_flag_rate": target, "dev": report}
 
 
+def crossfit(per_set: dict[str, tuple[np.ndarray, np.ndarray]], ids: dict[str, list[str]], target: float,
+             folds: int = 5) -> dict:
+    """What the calibration promises on items it did not see: folds by question id (hashed), the
+    head and threshold fitted by :func:`calibrate` on the other folds, each set's recall and
+    false-flag rates pooled over the held-out folds."""
+    fold = {n: np.array([int(hashlib.sha1(i.split("~")[0].encode()).hexdigest()[:8], 16) % folds for i in ids[n]])
+            for n in per_set}
+    flags: dict[str, np.ndarray] = {n: np.zeros(len(k), bool) for n, (_, k) in per_set.items()}
+    for k in range(folds):
+        cal = calibrate({n: (f[fold[n] != k], kind[fold[n] != k]) for n, (f, kind) in per_set.items()}, target)
+        w = np.array([cal["head"]["weights"][f] for f in PASSAGE_FEATURES])
+        for n, (f, _) in per_set.items():
+            held = fold[n] == k
+            flags[n][held] = 1 / (1 + np.exp(-(cal["head"]["bias"] + f[held] @ w))) >= cal["threshold"]
+    out = {}
+    for n, (_, kind) in per_set.items():
+        out[n] = {m: round(float(flags[n][kind == k].mean()), 4) if (kind == k).any() else None
+                  for m, k in (("recall", "conflict"), ("false_flag_rate", "support"), ("unrelated_flag_rate", "unrelated"))}
+    out["max_false_flag_rate"] = max(max(v["false_flag_rate"] or 0.0, v["unrelated_flag_rate"] or 0.0)
+                                     for v in out.values() if isinstance(v, dict))
+    return {"folds": folds, **out}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results.json")
@@ -270,7 +293,9 @@ def main() -> int:
     ap.add_argument("--target-false-flags", type=float, default=0.10,
                     help="largest dev false-flag rate on any set's supporting passages for --calibrate "
                     "(the 10%% promise)")
-    ap.add_argument("--features-cache", default=None, help="with --calibrate: also save the dev features (.npz)")
+    ap.add_argument("--features-cache", default=None,
+                    help="with --calibrate: save the dev features here (.npz); an existing file is read instead "
+                    "of scoring the dev items again (same judge only)")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "faithfulrag" / "squad_kre_golden.json").is_file():
@@ -280,16 +305,31 @@ def main() -> int:
         ap.error("--misses audits the dev split only: add --split dev")
     if args.calibrate:
         judge_json = Path(args.calibrate) / "judge.json"
-        det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={})
-        per_set = {}
+        det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={}, span_rank_weight=0.0)
+        cache = Path(args.features_cache) if args.features_cache else None
+        cached = np.load(cache) if cache is not None and cache.is_file() else None
+        per_set, ids = {}, {}
         for name in args.sets.split(","):
             items = load_items(data, name, "dev", args.limit)
-            if items:
-                per_set[name] = (features(items, det), np.array([it["kind"] for it in items]))
-        if args.features_cache:
-            np.savez(args.features_cache, **{f"{n}_x": f for n, (f, _) in per_set.items()},
+            if not items:
+                continue
+            kinds = np.array([it["kind"] for it in items])
+            if cached is not None:
+                if f"{name}_x" not in cached or not np.array_equal(cached[f"{name}_y"], kinds) \
+                        or cached[f"{name}_x"].shape[1] != len(PASSAGE_FEATURES):
+                    ap.error(f"--features-cache {cache} does not match the dev items of {name}: delete it")
+                per_set[name] = (cached[f"{name}_x"], kinds)
+            else:
+                per_set[name] = (features(items, det), kinds)
+            ids[name] = [it["id"] for it in items]
+        if cache is not None and cached is None:
+            np.savez(cache, **{f"{n}_x": f for n, (f, _) in per_set.items()},
                      **{f"{n}_y": y for n, (_, y) in per_set.items()})
         cal = calibrate(per_set, args.target_false_flags)
+        cal["rule"] = (f"threshold: the lowest at which no dev set flags more than {args.target_false_flags:.0%} of its "
+                       "supporting or of its off-topic passages; cross_fitted_dev: the same fit without each fold, "
+                       "scored on it (what unseen items get)")
+        cal["cross_fitted_dev"] = crossfit(per_set, ids, args.target_false_flags)
         cal["calibrated_on"] = f"dev split of {', '.join(per_set)} (benchmarks/conflicts.py --calibrate)"
         info = json.loads(judge_json.read_text())
         info["detector"] = cal

@@ -159,6 +159,16 @@ def test_calibrate_fits_the_head_and_threshold_into_judge_json(bench, tmp_path, 
     assert set(cal["dev"]) == {"squad", "musique", "faitheval"}
     # the threshold keeps every set's dev false flags (supporting and off-topic) within the target
     assert all(r["false_flag_rate"] <= 0.10 and r["unrelated_flag_rate"] <= 0.10 for r in cal["dev"].values())
+    # held-out folds: head and threshold refitted without them, rates per set
+    cross = cal["cross_fitted_dev"]
+    assert cross["folds"] == 5 and set(cross) == {"folds", "max_false_flag_rate", "squad", "musique", "faitheval"}
+    assert all(0.0 <= cross[n]["recall"] <= 1.0 for n in ("squad", "musique", "faitheval"))
     cached = np.load(tmp_path / "f.npz")
     assert cached["squad_x"].shape == (3 * len(PAIRS), len(bench.PASSAGE_FEATURES))
     assert sorted(set(cached["squad_y"])) == ["conflict", "support", "unrelated"]
+    # a second calibration reads the saved features instead of scoring the items again
+    (judge / "judge.json").write_text(json.dumps({k: v for k, v in json.loads((judge / "judge.json").read_text()).items()
+                                                  if k != "detector"}))
+    monkeypatch.setattr(bench, "features", lambda *a, **k: pytest.fail("features recomputed"))
+    assert bench.main() == 0
+    assert json.loads((judge / "judge.json").read_text())["detector"]["threshold"] == cal["threshold"]
