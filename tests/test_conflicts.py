@@ -394,16 +394,3 @@ def test_records_name_the_sentence_the_span_ranking_points_to_when_the_judge_can
     assert all("span_rank" not in c.info for c in alone.rank([[belief]], [sentences])[0])
     with pytest.raises(ConfigError):
         ConflictDetector(judge=_FlatJudge(), span_rank_weight=-1.0)
-
-
-def test_yes_no_beliefs_are_marked_for_the_passage_head() -> None:
-    from ctxkit.faithfulness.conflicts.detector import is_yes_no, passage_features
-
-    probs = np.array([[0.1, 0.8, 0.1], [0.7, 0.1, 0.2]])
-    yes = Belief.from_answer("Is Fosamax a bisphosphonate?", "Yes.")
-    value = Belief.from_answer("Who discovered penicillin?", "Alexander Fleming")
-    assert is_yes_no(yes) and is_yes_no(Belief.from_answer("Is it?", "no"))
-    assert not is_yes_no(value) and not is_yes_no(Belief(text="Yes"))
-    assert passage_features(yes, probs, "Fosamax is a bisphosphonate.")["yes_no"] == 1.0
-    f = passage_features(value, probs, "Penicillin was discovered by Alexander Fleming.")
-    assert f["yes_no"] == 0.0 and f["answer_stated"] == 1.0 and f["conflict_max"] == pytest.approx(0.8)

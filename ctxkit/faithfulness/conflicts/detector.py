@@ -46,7 +46,6 @@ __all__ = [
     "PASSAGE_FEATURES",
     "Candidate",
     "ConflictDetector",
-    "is_yes_no",
     "judge_input",
     "passage_features",
     "stated",
@@ -58,12 +57,8 @@ sentences of a conflicting passage are ordered. Chosen on the dev split (first 3
 the substituted sentence 0.762 -> 0.855 on SQuAD-KRE and 0.558 -> 0.628 on MuSiQue-KRE (the judge
 alone, the heuristics alone: 0.844 / 0.628); weights 0.5 and 2 scored within 0.02 of 1."""
 
-PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated", "yes_no")
-"""Features of a (belief, passage) pair that the passage head combines. ``yes_no`` marks a belief
-whose answer is "yes" or "no": the judge reads those least reliably (a yes/no answer is not a
-value a sentence states), and the head learns how far to discount them."""
-
-_YES_NO = frozenset({"yes", "no"})
+PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
+"""Features of a (belief, passage) pair that the passage head combines."""
 
 
 @dataclass
@@ -81,13 +76,7 @@ def passage_features(belief: Belief, probs: np.ndarray, text: str) -> dict[str, 
         "support_max": float(probs[:, 0].max()),
         "relevant_max": float((1 - probs[:, 2]).max()),
         "answer_stated": float(stated(belief, text)),
-        "yes_no": float(is_yes_no(belief)),
     }
-
-
-def is_yes_no(belief: Belief) -> bool:
-    """Whether the belief is a question answered "yes" or "no"."""
-    return bool(belief.answer) and belief.answer.strip().strip(".!").lower() in _YES_NO
 
 
 _CONTRASTED = r"(?:not|never|nor|rather than|instead of|in place of)\s+(?:the\s+|a\s+|an\s+)?"
