@@ -33,8 +33,9 @@ QUESTIONS = [
 ]
 
 # What the user trusts (e.g. a knowledge base), per question, as "question + known answer" (the
-# form the claim judge reads best): conflict checks compare the retrieved context against these
-# (no LLM involved).
+# form the claim judge reads best; a bare yes / no answer, as in the third, is read less reliably
+# in general -- docs/faithfulrag.md, Known limits): conflict checks compare the retrieved context
+# against these (no LLM involved).
 TRUSTED_BELIEFS: dict[str, list[str]] = {
     QUESTIONS[1]: [f"{QUESTIONS[1]} all-MiniLM-L6-v2"],
     QUESTIONS[2]: [f"{QUESTIONS[2]} No"],
