@@ -172,3 +172,19 @@ def test_calibrate_fits_the_head_and_threshold_into_judge_json(bench, tmp_path, 
     monkeypatch.setattr(bench, "features", lambda *a, **k: pytest.fail("features recomputed"))
     assert bench.main() == 0
     assert json.loads((judge / "judge.json").read_text())["detector"]["threshold"] == cal["threshold"]
+
+
+def test_polarity_check_scores_the_quickstart_belief_both_ways(bench_module, tmp_path, monkeypatch) -> None:
+    polarity = bench_module("conflicts_polarity")
+    out = tmp_path / "p.json"
+    monkeypatch.setattr(sys, "argv", ["conflicts_polarity.py", "--data", str(tmp_path / "none"), "--device", "cpu",
+                                      "--out", str(out)])
+    assert polarity.main() == 0
+    res = json.loads(out.read_text())
+    assert res["poisonedrag"] is None  # no shared data here
+    rows = res["quickstart"]
+    assert {r["note"] for r in rows} == {"team-note-embedder.md", "forum-post-upload.md", "blog-leak.md"}
+    for r in rows:
+        assert r["belief"].endswith("No") and r["flipped"].endswith("Yes")
+        assert r["flagged"] == (r["score"] >= res["threshold"])
+        assert r["flipped_flagged"] == (r["flipped_score"] >= res["threshold"])

@@ -32,10 +32,11 @@ QUESTIONS = [
     "Does ctxkit send my indexed documents to a remote server?",
 ]
 
-# What the user trusts (e.g. a knowledge base), per question, as "question + known answer" (the
-# form the claim judge reads best; a bare yes / no answer, as in the third, is read less reliably
-# in general -- docs/faithfulrag.md, Known limits): conflict checks compare the retrieved context
-# against these (no LLM involved).
+# What the user trusts (e.g. a knowledge base), per question, as "question + known answer": conflict
+# checks compare the retrieved context against these (no LLM involved). A value answer (the
+# second) is the form the claim judge reads best. For a bare yes / no answer (the third) it
+# reads the topic, not the answer: the planted notes are flagged against "... Yes" too
+# (benchmarks/conflicts_polarity.py; docs/faithfulrag.md, Known limits).
 TRUSTED_BELIEFS: dict[str, list[str]] = {
     QUESTIONS[1]: [f"{QUESTIONS[1]} all-MiniLM-L6-v2"],
     QUESTIONS[2]: [f"{QUESTIONS[2]} No"],
