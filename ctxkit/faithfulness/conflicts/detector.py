@@ -452,18 +452,23 @@ class ConflictDetector:
             for hc in hs:
                 c = cs[hc.chunk]
                 c.info["span_rank"] = float(hc.rank_score)
+                c.info["span_explain"] = (hc.mismatch, hc.kind, hc.belief_span, hc.chunk_span)
                 c.rank_score = float(c.info["conflict"]) + self.span_rank_weight * float(hc.rank_score)
 
     def _explain(self, beliefs: list[list[Belief]], chunks: list[list[str]], flagged: list[tuple[int, Candidate]]) -> None:
-        """Kind and differing spans of the flagged pairs, from the span heuristics (one batch)."""
-        if not flagged:
-            return
-        explained = self.heuristics.score(
-            [[beliefs[qi][c.belief]] for qi, c in flagged], [[chunks[qi][c.chunk]] for qi, c in flagged]
-        )
-        for (_, c), (h,) in zip(flagged, explained, strict=True):
-            if h.mismatch > 0:
-                c.kind, c.belief_span, c.chunk_span = h.kind, h.belief_span, h.chunk_span
+        """Kind and differing spans of the flagged pairs, from the span heuristics: those the span
+        ranking read already (in their passage), the others in one batch."""
+        todo = [(qi, c) for qi, c in flagged if "span_explain" not in c.info]
+        if todo:
+            explained = self.heuristics.score(
+                [[beliefs[qi][c.belief]] for qi, c in todo], [[chunks[qi][c.chunk]] for qi, c in todo]
+            )
+            for (_, c), (h,) in zip(todo, explained, strict=True):
+                c.info["span_explain"] = (h.mismatch, h.kind, h.belief_span, h.chunk_span)
+        for _, c in flagged:
+            mismatch, kind, belief_span, chunk_span = c.info["span_explain"]
+            if mismatch > 0:
+                c.kind, c.belief_span, c.chunk_span = kind, belief_span, chunk_span
 
 
 def _passages(context: list[str | Passage] | str) -> list[Passage]:
