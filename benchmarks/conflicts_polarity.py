@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import auc, data_path, machine, write_json
+from conflicts import load_items
 
 from ctxkit.cli.quickstart import PLANTED_NOTES, TRUSTED_BELIEFS
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
@@ -71,9 +72,6 @@ def main() -> int:
 
     folder = Path(args.data) / "poisonedrag"
     if folder.is_dir():
-        sys.path.insert(0, str(Path(__file__).parent))
-        from conflicts import load_items
-
         items = [it for it in load_items(Path(args.data), "poisonedrag", args.split, None)
                  if it["kind"] != "unrelated" and _yes_no(it["belief"])]
         s, f = score_pairs(det, [it["belief"] for it in items], [it["text"] for it in items])

@@ -245,10 +245,10 @@ def transfer_limits(testbed: list[CtxList], split_name: str, signals: list[str],
         out["feature_auc"][cat] = {f: round(auc(x[y == 1, FEATURES.index(f)], x[y == 0, FEATURES.index(f)]), 4)
                                    for f in FEATURES if f in on}
         dev = [lst for lst in testbed if lst.meta["category"] == cat and lst.split == "dev"]
-        rows = sorted({lst.id.rsplit("@", 1)[0] for lst in dev})
+        half = {r: i % 2 for i, r in enumerate(sorted({lst.id.rsplit("@", 1)[0] for lst in dev}))}
         folds = [(dev, evals)] if split_name != "dev" else [
-            ([lst for lst in dev if (rows.index(lst.id.rsplit("@", 1)[0]) % 2) != k],
-             [lst for lst in dev if (rows.index(lst.id.rsplit("@", 1)[0]) % 2) == k]) for k in (0, 1)]
+            ([lst for lst in dev if half[lst.id.rsplit("@", 1)[0]] != k],
+             [lst for lst in dev if half[lst.id.rsplit("@", 1)[0]] == k]) for k in (0, 1)]
         ys, ps = [], []
         for train, test in folds:
             xt, yt, pol = stack(train)

@@ -178,12 +178,16 @@ def test_opposite_and_negation_together_agree(heuristic) -> None:
     assert heuristic.detect(["Sales increased in 2020."], ["Sales increased in 2020 after a slow start."]) == []
 
 
+# a passage whose second sentence substitutes the answer of "In what country is Normandy located?"
+NORMANDY = [
+    "Normandy is famous for its cheese and apples.",
+    "The Normans gave their name to Normandy, a region in Spain.",
+    "Rollo was a Viking leader in the 10th century.",
+]
+
+
 def test_rank_puts_the_substituted_sentence_first(heuristic) -> None:
-    sentences = [
-        "Normandy is famous for its cheese and apples.",
-        "The Normans gave their name to Normandy, a region in Spain.",
-        "Rollo was a Viking leader in the 10th century.",
-    ]
+    sentences = NORMANDY
     ranked = heuristic.rank([[Belief.from_answer("In what country is Normandy located?", "France")]], [sentences])[0]
     assert ranked[0].chunk == 1 and ranked[0].flagged
     assert not any(c.flagged for c in ranked[1:])
@@ -371,11 +375,7 @@ class _FlatJudge:
 
 
 def test_records_name_the_sentence_the_span_ranking_points_to_when_the_judge_cannot_tell(minilm) -> None:
-    sentences = [
-        "Normandy is famous for its cheese and apples.",
-        "The Normans gave their name to Normandy, a region in Spain.",
-        "Rollo was a Viking leader in the 10th century.",
-    ]
+    sentences = NORMANDY
     belief = Belief.from_answer("In what country is Normandy located?", "France")
     fused = ConflictDetector(judge=_FlatJudge())
     fused._embedder = minilm
