@@ -287,6 +287,9 @@ def main() -> int:
                     "name/path ('default': the offline SmolLM2-135M) or a generator spec as JSON; its passage "
                     "head and threshold are the ConflictDetector defaults (no calibration of its own), so "
                     "read its AUC, not its flags")
+    ap.add_argument("--span-rank-weight", type=float, default=None,
+                    help="ConflictDetector(span_rank_weight=...) for localisation (default: the library default; "
+                    "choose it with --split dev)")
     ap.add_argument("--calibrate", default=None, metavar="JUDGE_DIR",
                     help="fit the detector's passage head and threshold on the dev split and write them "
                     "into JUDGE_DIR/judge.json")
@@ -346,11 +349,13 @@ def main() -> int:
         spec = json.loads(args.llm_judge) if args.llm_judge.lstrip().startswith("{") else args.llm_judge
         det = ConflictDetector(device=args.device, judge=LLMClaimJudge(spec, cache_size=None), threshold=0.5)
     else:
-        det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None))
+        det = ConflictDetector(device=args.device, judge=ClaimJudge(device=args.device, cache_size=None),
+                               **({} if args.span_rank_weight is None else {"span_rank_weight": args.span_rank_weight}))
     base = ConflictDetector(judge=None, device=args.device) if args.baseline else None
     results: dict = {"command": " ".join(["python", "benchmarks/conflicts.py", *sys.argv[1:]]), "split": args.split,
                      "machine": machine(), "detection": {}, "localisation": {},
                      "defaults": {"judge": f"llm: {args.llm_judge}" if args.llm_judge else "default",
+                                  "span_rank_weight": det.span_rank_weight,
                                   "threshold": det.threshold, "head": det.head}}
     if base is not None:
         results["baseline_heuristic"] = {"detection": {}, "localisation": {}}

@@ -53,9 +53,10 @@ __all__ = [
 
 DEFAULT_SPAN_RANK_WEIGHT = 1.0
 """Weight of the span heuristics' ranking score next to the judge's conflict probability when the
-sentences of a conflicting passage are ordered. Chosen on the dev split (first 300 ids): recall@1 of
-the substituted sentence 0.762 -> 0.855 on SQuAD-KRE and 0.558 -> 0.625 on MuSiQue-KRE against the
-judge alone (the heuristics alone: 0.844 / 0.628); weights 0.5 and 2 scored within 0.02 of 1."""
+sentences of a conflicting passage are ordered. Chosen on the dev split (first 300 ids,
+``benchmarks/results/conflicts_localisation_dev_w*.json``): recall@1 of the substituted sentence
+0.762 / 0.836 / 0.855 / 0.848 on SQuAD-KRE and 0.554 / 0.621 / 0.625 / 0.625 on MuSiQue-KRE at
+weights 0 (the judge alone) / 0.5 / 1 / 2."""
 
 PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
 """Features of a (belief, passage) pair that the passage head combines."""
