@@ -51,7 +51,7 @@ import numpy as np
 from _common import auc, data_missing, data_path, machine, write_json
 
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
-from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES
+from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES, POLARITY_CAP
 from ctxkit.faithfulness.faithfulrag import clean_field
 from ctxkit.faithfulness.judge.data import states
 from ctxkit.faithfulness.judge.sources import poisonedrag_items, split_of
@@ -207,21 +207,51 @@ def speed(items: list[dict], det: ConflictDetector, baseline: ConflictDetector |
     return out
 
 
+def read_features(det: ConflictDetector, beliefs: list[Belief], texts: list[str]) -> np.ndarray:
+    """The passage head's features (:data:`PASSAGE_FEATURES`) of each (belief, passage), from the judge."""
+    ranked = det.rank([[b] for b in beliefs], [split_sentences(t) for t in texts])
+    return np.array([[cs[0].info["passage_features"][f] if cs else 0.0 for f in PASSAGE_FEATURES]
+                     for cs in ranked]).reshape(len(beliefs), len(PASSAGE_FEATURES))
+
+
+def opposite_features(items: list[dict], det: ConflictDetector) -> np.ndarray:
+    """Features against the opposite answer of each yes / no belief (NaN rows for other beliefs)."""
+    out = np.full((len(items), len(PASSAGE_FEATURES)), np.nan)
+    yn = [i for i, it in enumerate(items) if it["belief"].is_yes_no]
+    if yn:
+        out[yn] = read_features(det, [items[i]["belief"].opposite() for i in yn], [items[i]["text"] for i in yn])
+    return out
+
+
 def features(items: list[dict], det: ConflictDetector) -> np.ndarray:
-    """Per item, the passage head's features (:data:`PASSAGE_FEATURES`), from the judge."""
-    ranked = det.rank([[it["belief"]] for it in items], [split_sentences(it["text"]) for it in items])
-    return np.array([[cs[0].info["passage_features"][f] if cs else 0.0 for f in PASSAGE_FEATURES] for cs in ranked])
+    """Per item, :func:`read_features` against its belief, then :func:`opposite_features`:
+    ``(items, 2 x features)``."""
+    x = read_features(det, [it["belief"] for it in items], [it["text"] for it in items])
+    return np.concatenate([x, opposite_features(items, det)], axis=1)
 
 
-def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) -> dict:
+def head_scores(head: dict, f: np.ndarray, polarity_check: bool) -> np.ndarray:
+    """Passage scores of feature rows (see :func:`features`) as ``ConflictDetector`` computes them."""
+    w, k = np.array([head["weights"][n] for n in PASSAGE_FEATURES]), len(PASSAGE_FEATURES)
+    s = 1 / (1 + np.exp(-(head["bias"] + f[:, :k] @ w)))
+    if polarity_check:
+        yn = ~np.isnan(f[:, k])
+        opp = 1 / (1 + np.exp(-(head["bias"] + np.nan_to_num(f[:, k:]) @ w)))
+        s = np.where(yn & (s <= opp), np.minimum(s, POLARITY_CAP), s)
+    return s
+
+
+def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, polarity_check: bool = True) -> dict:
     """Fit the passage head (an L2-regularised logistic regression over the pooled dev items,
-    each set weighted equally; ``per_set`` maps a set to its features and item kinds) and choose
-    the lowest threshold at which every set's dev false-flag rate on supporting passages, and on
-    off-topic ones, is at most ``target``; report dev AUC / recall / false flags per set for the
-    head and for the highest sentence conflict probability alone."""
+    each set weighted equally; ``per_set`` maps a set to its :func:`features` and item kinds) and
+    choose the lowest threshold at which every set's dev false-flag rate on supporting passages,
+    and on off-topic ones, is at most ``target`` (passage scores after the detector's
+    ``polarity_check`` when set); report dev AUC / recall / false flags per set for the head and for
+    the highest sentence conflict probability alone."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.concatenate([f for f, _ in per_set.values()])
+    k = len(PASSAGE_FEATURES)
+    x = np.concatenate([f[:, :k] for f, _ in per_set.values()])
     y = np.concatenate([kind == "conflict" for _, kind in per_set.values()])
     w = np.concatenate([np.full(len(kind), 1.0 / len(kind)) for _, kind in per_set.values()])
     lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, y, sample_weight=w * len(y) / w.sum())
@@ -229,8 +259,7 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) 
             "weights": {f: round(float(c), 4) for f, c in zip(PASSAGE_FEATURES, lr.coef_[0], strict=True)}}
 
     def score(f: np.ndarray) -> np.ndarray:
-        z = head["bias"] + f @ np.array([head["weights"][k] for k in PASSAGE_FEATURES])
-        return 1 / (1 + np.exp(-z))
+        return head_scores(head, f, polarity_check)
 
     # the lowest threshold at which no set flags more than `target` of its supporting (or of its
     # off-topic) passages
@@ -245,11 +274,12 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float) 
                      "false_flag_rate": round(float((s[sup] >= thr).mean()), 4),
                      "unrelated_flag_rate": round(float((s[unr] >= thr).mean()), 4) if unr.any() else None,
                      "auc_conflict_max_only": round(auc(cmax[pos], cmax[sup]), 4), "items": len(kind)}
-    return {"threshold": round(thr, 4), "head": head, "target_false_flag_rate": target, "dev": report}
+    return {"threshold": round(thr, 4), "head": head, "polarity_check": polarity_check,
+            "target_false_flag_rate": target, "dev": report}
 
 
 def crossfit(per_set: dict[str, tuple[np.ndarray, np.ndarray]], ids: dict[str, list[str]], target: float,
-             folds: int = 5) -> dict:
+             folds: int = 5, polarity_check: bool = True) -> dict:
     """What the calibration promises on items it did not see: folds by question id (hashed), the
     head and threshold fitted by :func:`calibrate` on the other folds, each set's recall and
     false-flag rates pooled over the held-out folds."""
@@ -257,11 +287,11 @@ def crossfit(per_set: dict[str, tuple[np.ndarray, np.ndarray]], ids: dict[str, l
             for n in per_set}
     flags: dict[str, np.ndarray] = {n: np.zeros(len(k), bool) for n, (_, k) in per_set.items()}
     for k in range(folds):
-        cal = calibrate({n: (f[fold[n] != k], kind[fold[n] != k]) for n, (f, kind) in per_set.items()}, target)
-        w = np.array([cal["head"]["weights"][f] for f in PASSAGE_FEATURES])
+        cal = calibrate({n: (f[fold[n] != k], kind[fold[n] != k]) for n, (f, kind) in per_set.items()}, target,
+                        polarity_check)
         for n, (f, _) in per_set.items():
             held = fold[n] == k
-            flags[n][held] = 1 / (1 + np.exp(-(cal["head"]["bias"] + f[held] @ w))) >= cal["threshold"]
+            flags[n][held] = head_scores(cal["head"], f[held], polarity_check) >= cal["threshold"]
     out = {}
     for n, (_, kind) in per_set.items():
         out[n] = {m: round(float(flags[n][kind == k].mean()), 4) if (kind == k).any() else None
@@ -296,6 +326,9 @@ def main() -> int:
     ap.add_argument("--target-false-flags", type=float, default=0.10,
                     help="largest dev false-flag rate on any set's supporting passages for --calibrate "
                     "(the 10%% promise)")
+    ap.add_argument("--no-polarity-check", action="store_true",
+                    help="with --calibrate: calibrate for ConflictDetector(polarity_check=False) (yes / no beliefs "
+                    "scored like any other)")
     ap.add_argument("--features-cache", default=None,
                     help="with --calibrate: save the dev features here (.npz); an existing file is read instead "
                     "of scoring the dev items again (same judge only)")
@@ -308,7 +341,8 @@ def main() -> int:
         ap.error("--misses audits the dev split only: add --split dev")
     if args.calibrate:
         judge_json = Path(args.calibrate) / "judge.json"
-        det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={}, span_rank_weight=0.0)
+        det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={}, span_rank_weight=0.0,
+                               polarity_check=False)
         cache = Path(args.features_cache) if args.features_cache else None
         cached = np.load(cache) if cache is not None and cache.is_file() else None
         per_set, ids = {}, {}
@@ -319,20 +353,25 @@ def main() -> int:
             kinds = np.array([it["kind"] for it in items])
             if cached is not None:
                 if f"{name}_x" not in cached or not np.array_equal(cached[f"{name}_y"], kinds) \
-                        or cached[f"{name}_x"].shape[1] != len(PASSAGE_FEATURES):
+                        or cached[f"{name}_x"].shape[1] not in (len(PASSAGE_FEATURES), 2 * len(PASSAGE_FEATURES)):
                     ap.error(f"--features-cache {cache} does not match the dev items of {name}: delete it")
-                per_set[name] = (cached[f"{name}_x"], kinds)
+                x = cached[f"{name}_x"]
+                if x.shape[1] == len(PASSAGE_FEATURES):  # a cache written before the polarity check
+                    x = np.concatenate([x, opposite_features(items, det)], axis=1)
+                per_set[name] = (x, kinds)
             else:
                 per_set[name] = (features(items, det), kinds)
             ids[name] = [it["id"] for it in items]
         if cache is not None and cached is None:
             np.savez(cache, **{f"{n}_x": f for n, (f, _) in per_set.items()},
                      **{f"{n}_y": y for n, (_, y) in per_set.items()})
-        cal = calibrate(per_set, args.target_false_flags)
+        polarity = not args.no_polarity_check
+        cal = calibrate(per_set, args.target_false_flags, polarity)
         cal["rule"] = (f"threshold: the lowest at which no dev set flags more than {args.target_false_flags:.0%} of its "
-                       "supporting or of its off-topic passages; cross_fitted_dev: the same fit without each fold, "
-                       "scored on it (what unseen items get)")
-        cal["cross_fitted_dev"] = crossfit(per_set, ids, args.target_false_flags)
+                       "supporting or of its off-topic passages" + (
+                           " (yes / no beliefs: after the polarity check)" if polarity else "") +
+                       "; cross_fitted_dev: the same fit without each fold, scored on it (what unseen items get)")
+        cal["cross_fitted_dev"] = crossfit(per_set, ids, args.target_false_flags, polarity_check=polarity)
         cal["calibrated_on"] = f"dev split of {', '.join(per_set)} (benchmarks/conflicts.py --calibrate)"
         info = json.loads(judge_json.read_text())
         info["detector"] = cal

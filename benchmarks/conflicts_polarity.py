@@ -9,10 +9,12 @@ the defaults (``ConflictDetector().passage_scores``):
 * ``poisonedrag`` (``--split dev`` by default; the split rules of ``benchmarks/conflicts.py``): the
   PoisonedRAG items whose answer is yes / no, conflicting and supporting passages alike.
 
-For each item: the passage score under the belief and under the flipped belief, and whether
-each is flagged. ``flagged_both`` is the share of items flagged under both answers (the detector
-flags the topic, not the claim); ``auc`` separates conflicting from supporting passages by the
-score, and ``auc_contrast`` by the score minus the flipped belief's score.
+For each item: the passage score under the belief and under the flipped belief, as the judge
+reads them (``polarity_check=False``), and whether each is flagged. ``flagged_both`` is the share
+of items flagged under both answers (the judge reads the topic, not the claim); ``auc`` separates
+conflicting from supporting passages by the score, and ``auc_contrast`` by the score minus the
+flipped belief's score. ``default`` is what the default detector (its polarity check on: a
+passage that conflicts with the flipped answer at least as much is capped at 0.5) flags.
 
     python benchmarks/conflicts_polarity.py --out benchmarks/results/conflicts_polarity.json
 """
@@ -31,15 +33,11 @@ from ctxkit.cli.quickstart import PLANTED_NOTES, TRUSTED_BELIEFS
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
 from ctxkit.types import Passage
 
-_FLIP = {"yes": "No", "no": "Yes"}
-
-
-def _yes_no(belief: Belief) -> bool:
-    return bool(belief.answer) and belief.answer.strip().strip(".!").lower() in _FLIP
-
 
 def _flipped(belief: Belief) -> Belief:
-    return Belief.from_answer(belief.topic, _FLIP[belief.answer.strip().strip(".!").lower()])
+    flipped = belief.opposite()
+    assert flipped is not None, "only yes / no beliefs are flipped"
+    return flipped
 
 
 def score_pairs(det: ConflictDetector, beliefs: list[Belief], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,30 +55,38 @@ def main() -> int:
     ap.add_argument("--split", default="dev", choices=["dev", "test"])
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    det = ConflictDetector(device=args.device)
+    det = ConflictDetector(device=args.device, polarity_check=False)
+    default = ConflictDetector(device=args.device)
     thr = det.threshold
+
+    def default_flags(beliefs: list[Belief], texts: list[str]) -> np.ndarray:
+        return np.array([bool(r) for r in default.detect_batch([[b] for b in beliefs],
+                                                                [[Passage(id="p", text=t)] for t in texts])])
     out: dict = {"command": " ".join(["python", "benchmarks/conflicts_polarity.py", *sys.argv[1:]]),
                  "threshold": thr, "machine": machine()}
 
     rows = [(Belief.coerce(b), name, text) for bs in TRUSTED_BELIEFS.values() for b in bs
-            for name, text in PLANTED_NOTES.items() if _yes_no(Belief.coerce(b))]
+            for name, text in PLANTED_NOTES.items() if Belief.coerce(b).is_yes_no]
     s, f = score_pairs(det, [r[0] for r in rows], [r[2] for r in rows])
+    d = default_flags([r[0] for r in rows], [r[2] for r in rows])
     out["quickstart"] = [{"belief": r[0].text, "flipped": _flipped(r[0]).text, "note": r[1],
                           "score": round(float(a), 4), "flipped_score": round(float(b), 4),
-                          "flagged": bool(a >= thr), "flipped_flagged": bool(b >= thr)}
-                         for r, a, b in zip(rows, s, f, strict=True)]
+                          "flagged": bool(a >= thr), "flipped_flagged": bool(b >= thr), "default_flagged": bool(g)}
+                         for r, a, b, g in zip(rows, s, f, d, strict=True)]
 
     folder = Path(args.data) / "poisonedrag"
     if folder.is_dir():
         items = [it for it in load_items(Path(args.data), "poisonedrag", args.split, None)
-                 if it["kind"] != "unrelated" and _yes_no(it["belief"])]
+                 if it["kind"] != "unrelated" and it["belief"].is_yes_no]
         s, f = score_pairs(det, [it["belief"] for it in items], [it["text"] for it in items])
         y = np.array([it["kind"] == "conflict" for it in items])
+        d = default_flags([it["belief"] for it in items], [it["text"] for it in items])
         out["poisonedrag"] = {
             "split": args.split, "items": len(items), "conflicting": int(y.sum()),
             "auc": round(auc(s[y], s[~y]), 4), "auc_contrast": round(auc((s - f)[y], (s - f)[~y]), 4),
             "flagged_both": round(float(np.mean((s >= thr) & (f >= thr))), 4),
             "recall": round(float(np.mean(s[y] >= thr)), 4), "false_flag_rate": round(float(np.mean(s[~y] >= thr)), 4),
+            "default": {"recall": round(float(d[y].mean()), 4), "false_flag_rate": round(float(d[~y].mean()), 4)},
         }
     else:
         out["poisonedrag"] = None

@@ -19,6 +19,7 @@ from ctxkit.faithfulness.conflicts import (
     span_kind,
     split_chunks,
 )
+from ctxkit.faithfulness.conflicts.detector import POLARITY_CAP, judge_input
 from ctxkit.faithfulness.conflicts.spans import _phrases
 from ctxkit.types import ContextState, Passage
 
@@ -394,3 +395,59 @@ def test_records_name_the_sentence_the_span_ranking_points_to_when_the_judge_can
     assert all("span_rank" not in c.info for c in alone.rank([[belief]], [sentences])[0])
     with pytest.raises(ConfigError):
         ConflictDetector(judge=_FlatJudge(), span_rank_weight=-1.0)
+
+
+class _TopicJudge:
+    """A calibrated judge that reads "Answer: No" as conflicting with ``no_conflict`` and "Answer:
+    Yes" with ``yes_conflict`` (equal values: it reads the topic, not the answer)."""
+
+    def __init__(self, no_conflict: float, yes_conflict: float, polarity_check: bool = True) -> None:
+        self.no_conflict, self.yes_conflict = no_conflict, yes_conflict
+        self.config = {"detector": {"threshold": 0.6, "head": {}, "polarity_check": polarity_check}}
+        self.beliefs: list[str] = []
+
+    def predict(self, beliefs, texts):
+        self.beliefs += beliefs
+        pc = [self.yes_conflict if b.endswith("Answer: Yes") else self.no_conflict for b in beliefs]
+        return np.array([[(1 - p) / 2, p, (1 - p) / 2] for p in pc])
+
+
+def test_a_yes_no_belief_is_flagged_only_when_the_passage_conflicts_with_its_answer_more() -> None:
+    belief = Belief.coerce("Does ctxkit upload my documents? No")
+    passage = [[Passage(id="p", text="ctxkit uploads every document to a remote server.")]]
+    reads_topic = _TopicJudge(0.8, 0.8)
+    det = ConflictDetector(judge=reads_topic)
+    assert det.polarity_check  # as the judge was calibrated
+    assert det.passage_scores([[belief]], passage) == [[POLARITY_CAP]]
+    # both answers were read, once each
+    assert reads_topic.beliefs == [judge_input(belief), judge_input(belief.opposite())]
+    assert det.detect_batch([[belief]], passage) == [[]]
+
+    reads_answer = ConflictDetector(judge=_TopicJudge(0.8, 0.3))
+    assert reads_answer.passage_scores([[belief]], passage) == [[0.8]]
+    (record,) = reads_answer.detect_batch([[belief]], passage)[0]
+    assert record.score == pytest.approx(0.8)
+    cands = reads_answer.rank([[belief]], [["ctxkit uploads every document to a remote server."]])[0]
+    assert cands[0].info["polarity"] == {"opposite": belief.opposite().text, "opposite_score": pytest.approx(0.3),
+                                         "capped": False}
+
+    # off (or a judge calibrated without it): the topic reading flags, and one read per pair
+    for off in (ConflictDetector(judge=_TopicJudge(0.8, 0.8), polarity_check=False),
+                ConflictDetector(judge=_TopicJudge(0.8, 0.8, polarity_check=False))):
+        assert not off.polarity_check
+        assert off.passage_scores([[belief]], passage) == [[0.8]]
+        assert len(off.detect_batch([[belief]], passage)[0]) == 1
+    # beliefs that are not yes / no are read once
+    plain = _TopicJudge(0.8, 0.8)
+    ConflictDetector(judge=plain).passage_scores([["Where is the tower? Paris"]], passage)
+    assert len(plain.beliefs) == 1
+
+
+def test_yes_no_beliefs_and_their_opposites() -> None:
+    assert Belief.coerce("Is Paris in France? yes.").is_yes_no
+    flipped = Belief.coerce("Is Paris in France? Yes").opposite()
+    assert (flipped.answer, flipped.topic) == ("No", "Is Paris in France?")
+    assert flipped.opposite().answer == "Yes"
+    assert not Belief.coerce("Where is Paris? France").is_yes_no
+    assert Belief.coerce("Where is Paris? France").opposite() is None
+    assert Belief.coerce("Paris is in France.").opposite() is None

@@ -163,8 +163,12 @@ def test_calibrate_fits_the_head_and_threshold_into_judge_json(bench, tmp_path, 
     cross = cal["cross_fitted_dev"]
     assert cross["folds"] == 5 and set(cross) == {"folds", "max_false_flag_rate", "squad", "musique", "faitheval"}
     assert all(0.0 <= cross[n]["recall"] <= 1.0 for n in ("squad", "musique", "faitheval"))
+    assert cal["polarity_check"] is True
     cached = np.load(tmp_path / "f.npz")
-    assert cached["squad_x"].shape == (3 * len(PAIRS), len(bench.PASSAGE_FEATURES))
+    k = len(bench.PASSAGE_FEATURES)
+    # features against the belief, then against its opposite answer (none of these beliefs is yes / no)
+    assert cached["squad_x"].shape == (3 * len(PAIRS), 2 * k)
+    assert np.isnan(cached["squad_x"][:, k:]).all() and not np.isnan(cached["squad_x"][:, :k]).any()
     assert sorted(set(cached["squad_y"])) == ["conflict", "support", "unrelated"]
     # a second calibration reads the saved features instead of scoring the items again
     (judge / "judge.json").write_text(json.dumps({k: v for k, v in json.loads((judge / "judge.json").read_text()).items()
@@ -188,3 +192,16 @@ def test_polarity_check_scores_the_quickstart_belief_both_ways(bench_module, tmp
         assert r["belief"].endswith("No") and r["flipped"].endswith("Yes")
         assert r["flagged"] == (r["score"] >= res["threshold"])
         assert r["flipped_flagged"] == (r["flipped_score"] >= res["threshold"])
+
+
+def test_head_scores_cap_a_yes_no_passage_that_conflicts_as_much_with_the_opposite_answer(bench) -> None:
+    head = {"bias": 0.0, "weights": {f: (1.0 if f == "conflict_max" else 0.0) for f in bench.PASSAGE_FEATURES}}
+    k = len(bench.PASSAGE_FEATURES)
+    rows = np.zeros((3, 2 * k))
+    rows[:, 0] = 3.0  # a score of sigmoid(3) = 0.95 against the belief
+    rows[0, k:] = np.nan  # not a yes / no belief
+    rows[1, k] = 3.0  # the opposite answer reads as conflicting: capped
+    rows[2, k] = -3.0  # only the stated answer conflicts: kept
+    on = bench.head_scores(head, rows, polarity_check=True)
+    assert on[0] == on[2] == pytest.approx(0.9526, abs=1e-4) and on[1] == bench.POLARITY_CAP
+    assert bench.head_scores(head, rows, polarity_check=False) == pytest.approx([0.9526] * 3, abs=1e-4)

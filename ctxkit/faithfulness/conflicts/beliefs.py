@@ -10,6 +10,12 @@ from ...errors import InputError
 
 __all__ = ["Belief"]
 
+_OPPOSITE = {"yes": "No", "no": "Yes"}
+
+
+def _norm_yes_no(answer: str) -> str:
+    return answer.strip().strip(".!").lower()
+
 
 class Belief(BaseModel):
     """A trusted statement to check the context against.
@@ -60,6 +66,17 @@ class Belief(BaseModel):
                 topic = topic.replace(b.answer, " ").strip()
             b = b.model_copy(update={"topic": " ".join(topic.split()) or b.text})
         return b
+
+    @property
+    def is_yes_no(self) -> bool:
+        """Whether the belief answers a yes / no question (its answer is "yes" or "no")."""
+        return bool(self.answer) and _norm_yes_no(self.answer) in _OPPOSITE
+
+    def opposite(self) -> Belief | None:
+        """The same question with the other yes / no answer (``None`` unless :attr:`is_yes_no`)."""
+        if not self.is_yes_no:
+            return None
+        return Belief.from_answer(self.topic or self.text, _OPPOSITE[_norm_yes_no(self.answer or "")], source=self.source)
 
     @classmethod
     def from_answer(cls, question: str, answer: str, source: str | None = None) -> Belief:

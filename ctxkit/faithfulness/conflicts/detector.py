@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_SPAN_RANK_WEIGHT",
     "DEFAULT_WEIGHTS",
     "PASSAGE_FEATURES",
+    "POLARITY_CAP",
     "Candidate",
     "ConflictDetector",
     "judge_input",
@@ -57,6 +58,13 @@ sentences of a conflicting passage are ordered. Chosen on the dev split (first 3
 ``benchmarks/results/conflicts_localisation_dev_w*.json``): recall@1 of the substituted sentence
 0.762 / 0.836 / 0.855 / 0.848 on SQuAD-KRE and 0.554 / 0.621 / 0.625 / 0.625 on MuSiQue-KRE at
 weights 0 (the judge alone) / 0.5 / 1 / 2."""
+
+POLARITY_CAP = 0.5
+"""The highest score a passage gets against a yes / no belief when it conflicts with the opposite
+answer at least as much (``polarity_check``): undecided, below any calibrated threshold. The claim
+judge reads the topic of such a belief far better than its answer
+(``benchmarks/conflicts_polarity.py``); the small difference between the two readings is what
+separates (dev AUC 0.91 against 0.62 for the score alone)."""
 
 PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
 """Features of a (belief, passage) pair that the passage head combines."""
@@ -137,6 +145,11 @@ class ConflictDetector:
             the judge's conflict probability when ordering the sentences of a flagged passage (and
             in :meth:`rank`): which sentence a record names. ``0``: the judge's probability alone.
             Detection (which passages are flagged, their scores) does not depend on it.
+        polarity_check: With a judge, read a yes / no belief ("Is X...? No") against each passage
+            twice, with its answer and with the opposite one; when the passage conflicts with the
+            opposite answer at least as much, its score is capped at 0.5 (it is about the topic,
+            not evidence against this answer; see :data:`POLARITY_CAP`). ``None``: as the judge
+            was calibrated (``judge.json``; the packaged judge: on).
         batch_size: Encoder / judge batch size.
         alpha, mismatch_weight, min_relevance, span_candidates, phrase_candidates, weights:
             Settings of the span heuristics (see :class:`.heuristics.SpanHeuristics`).
@@ -157,6 +170,7 @@ class ConflictDetector:
         threshold: float | None = None,
         head: dict[str, Any] | None = None,
         span_rank_weight: float = DEFAULT_SPAN_RANK_WEIGHT,
+        polarity_check: bool | None = None,
         batch_size: int = 64,
         alpha: float = 0.3,
         mismatch_weight: float = DEFAULT_MISMATCH_WEIGHT,
@@ -176,6 +190,7 @@ class ConflictDetector:
         self._embedder: Any = None
         self._judge_setting = judge
         self._judge: Any = None
+        self.polarity_check = False
         if judge is None:
             self._threshold, self._head = (0.5 if threshold is None else threshold), {}
         else:
@@ -188,6 +203,7 @@ class ConflictDetector:
                             type(self._judge).__name__)
             self._threshold = float(cal.get("threshold", 0.5)) if threshold is None else threshold
             self._head = dict(cal.get("head", {})) if head is None else dict(head)
+            self.polarity_check = bool(cal.get("polarity_check", False)) if polarity_check is None else polarity_check
             unknown = set(self._head.get("weights", {})) - set(PASSAGE_FEATURES)
             if unknown:
                 raise ConfigError(f"ConflictDetector: unknown passage features {sorted(unknown)}; known: {PASSAGE_FEATURES}")
@@ -390,9 +406,15 @@ class ConflictDetector:
         the flagged passages (span ranking fused in)."""
         pairs = [(qi, bi, ci) for qi, (bs, cs) in enumerate(zip(beliefs, chunks, strict=True))
                  for bi in range(len(bs)) for ci in range(len(cs))]
-        probs = np.asarray(self._judge.predict(
-            [judge_input(beliefs[qi][bi]) for qi, bi, _ in pairs], [chunks[qi][ci] for qi, _, ci in pairs]
-        ), dtype=np.float64).reshape(len(pairs), 3)
+        opposite = {(qi, bi): o for qi, bs in enumerate(beliefs) for bi, b in enumerate(bs)
+                    if self.polarity_check and (o := b.opposite()) is not None}
+        flipped = [(qi, bi, ci) for qi, bi, ci in pairs if (qi, bi) in opposite]
+        both = np.asarray(self._judge.predict(
+            [judge_input(beliefs[qi][bi]) for qi, bi, _ in pairs] + [judge_input(opposite[qi, bi]) for qi, bi, _ in flipped],
+            [chunks[qi][ci] for qi, _, ci in pairs + flipped],
+        ), dtype=np.float64).reshape(len(pairs) + len(flipped), 3)
+        probs = both[: len(pairs)]
+        flipped_probs = dict(zip(flipped, both[len(pairs):], strict=True))
         out: list[list[Candidate]] = [[] for _ in beliefs]
         for (qi, bi, ci), (ps, pc, pu) in zip(pairs, probs, strict=True):
             out[qi].append(Candidate(
@@ -409,11 +431,21 @@ class ConflictDetector:
                 by_passage.setdefault((c.belief, grp[c.chunk]), []).append(c)
             for (bi, _), members in by_passage.items():
                 probs = np.array([[c.info["support"], c.info["conflict"], c.info["unrelated"]] for c in members])
-                feats = passage_features(beliefs[qi][bi], probs, " ".join(chunks[qi][c.chunk] for c in members))
+                text = " ".join(chunks[qi][c.chunk] for c in members)
+                feats = passage_features(beliefs[qi][bi], probs, text)
                 score = self.passage_score(feats)
+                polarity = None
+                if (qi, bi) in opposite:
+                    fp = np.array([flipped_probs[qi, bi, c.chunk] for c in members])
+                    opp = self.passage_score(passage_features(opposite[qi, bi], fp, text))
+                    polarity = {"opposite": opposite[qi, bi].text, "opposite_score": opp, "capped": score <= opp}
+                    if score <= opp:
+                        score = min(score, POLARITY_CAP)
                 for c in members:
                     c.info["passage_score"] = score
                     c.info["passage_features"] = feats
+                    if polarity is not None:
+                        c.info["polarity"] = polarity
                 if score >= self._threshold:
                     hit.append((qi, members))
         if not localise:
