@@ -152,6 +152,9 @@ def detection_metrics(items: list[dict], scores: np.ndarray, flags: np.ndarray) 
         "false_flag_rate": round(ffr, 4),
         "recall": round(recall, 4),
         "unrelated_flag_rate": round(float(flags[unr].mean()), 4) if unr.any() else float("nan"),
+        # of the flags among this set's items (one conflicting, one supporting and one off-topic
+        # passage per id): what a flag is worth where conflicts are that common
+        "precision": round(float(flags[y].sum() / flags.sum()), 4) if flags.any() else float("nan"),
         "n_conflict": int(y.sum()),
         "n_support": int(sup.sum()),
         "n_unrelated": int(unr.sum()),

@@ -85,6 +85,9 @@ def test_benchmark_reports_detection_and_localisation_on_the_test_split(bench, t
         r = res["detection"][name]
         # plain substitutions: the judge ranks every conflicting context above the supporting ones
         assert r["auc"] == 1.0 and r["false_flag_rate"] == 0.0 and r["recall"] >= 0.75, r
+        # precision of the flags: conflicts over everything flagged (supporting and off-topic too)
+        flagged = r["recall"] * r["n_conflict"] + r["unrelated_flag_rate"] * r["n_unrelated"]
+        assert r["precision"] == pytest.approx(r["recall"] * r["n_conflict"] / flagged, abs=1e-3)
         loc = res["localisation"][name]
         assert loc["pairs"] == len(PAIRS) and loc["recall@5"] == 1.0 and loc["recall@1"] >= 0.75
         assert res["speed"][name]["judge_pairs_per_s"] > 0 and "heuristic_s" not in res["speed"][name]

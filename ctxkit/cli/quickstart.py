@@ -34,9 +34,10 @@ QUESTIONS = [
 
 # What the user trusts (e.g. a knowledge base), per question, as "question + known answer": conflict
 # checks compare the retrieved context against these (no LLM involved). A value answer (the
-# second) is the form the claim judge reads best. For a bare yes / no answer (the third) it
-# reads the topic, not the answer: the planted notes are flagged against "... Yes" too
-# (benchmarks/conflicts_polarity.py; docs/faithfulrag.md, Known limits).
+# second) is the form the claim judge reads best. A bare yes / no answer (the third) it reads
+# mostly by topic: the planted notes score almost as high against "... Yes", and the detector's
+# polarity check flags them by small margins (benchmarks/conflicts_polarity.py;
+# docs/faithfulrag.md, Known limits).
 TRUSTED_BELIEFS: dict[str, list[str]] = {
     QUESTIONS[1]: [f"{QUESTIONS[1]} all-MiniLM-L6-v2"],
     QUESTIONS[2]: [f"{QUESTIONS[2]} No"],

@@ -17,7 +17,9 @@ on-topic its best sentence is, and whether the passage plainly states the belief
 (:func:`stated`). The
 head and the flagging threshold are fitted on the dev splits of the conflict benchmark
 (``benchmarks/conflicts.py --calibrate``) and stored in the judge's ``judge.json``; without a
-head the score is the highest conflict probability.
+head the score is the highest conflict probability. A yes / no belief is also read with the
+opposite answer (``polarity_check``): the judge reads such beliefs mostly by topic, so a passage
+that conflicts with the opposite answer at least as much is capped at :data:`POLARITY_CAP`.
 
 ``judge=None`` ranks and flags with the span heuristics alone (no model that reads the pair: the
 behaviour of earlier releases); ``judge=LLMClaimJudge(generator)`` asks an LLM instead.
