@@ -122,6 +122,13 @@ def load_items(data: Path, name: str, split: str, limit: int | None) -> list[dic
     return items + unrelated_items(items)
 
 
+def as_strings(items: list[dict]) -> list[dict]:
+    """The items with each belief given as a user would type it: the string "question answer"
+    (read by :meth:`Belief.coerce`; a question without its "?" is split only where the boundary
+    shows)."""
+    return [{**it, "belief": Belief.coerce(f"{it['belief'].topic} {it['belief'].answer}")} for it in items]
+
+
 def unrelated_items(items: list[dict]) -> list[dict]:
     """Off-topic passages, which a retrieved list always holds: each supporting item's belief
     against the supporting passage of the next id of the same set (never flagged by design)."""
@@ -320,6 +327,9 @@ def main() -> int:
                     "name/path ('default': the offline SmolLM2-135M) or a generator spec as JSON; its passage "
                     "head and threshold are the ConflictDetector defaults (no calibration of its own), so "
                     "read its AUC, not its flags")
+    ap.add_argument("--belief-form", default="fields", choices=["fields", "string"],
+                    help="'fields': beliefs built with Belief.from_answer(question, answer); 'string': the plain "
+                    "string 'question answer' (what a user may pass; questions without '?' included)")
     ap.add_argument("--span-rank-weight", type=float, default=None,
                     help="ConflictDetector(span_rank_weight=...) for localisation (default: the library default; "
                     "choose it with --split dev)")
@@ -396,6 +406,7 @@ def main() -> int:
     base = ConflictDetector(judge=None, device=args.device) if args.baseline else None
     results: dict = {"command": " ".join(["python", "benchmarks/conflicts.py", *sys.argv[1:]]), "split": args.split,
                      "machine": machine(), "detection": {}, "localisation": {},
+                     "belief_form": args.belief_form,
                      "defaults": {"judge": f"llm: {args.llm_judge}" if args.llm_judge else "default",
                                   "span_rank_weight": det.span_rank_weight,
                                   "threshold": det.threshold, "head": det.head}}
@@ -407,6 +418,8 @@ def main() -> int:
         if not items:
             print(f"{name}: no items (data missing?)", file=sys.stderr)
             continue
+        if args.belief_form == "string":
+            items = as_strings(items)
         res, scores, flags = detection(items, det)
         results["detection"][name] = res
         if args.misses:

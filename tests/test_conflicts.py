@@ -443,6 +443,29 @@ def test_a_yes_no_belief_is_flagged_only_when_the_passage_conflicts_with_its_ans
     assert len(plain.beliefs) == 1
 
 
+@pytest.mark.parametrize(("text", "topic", "answer"), [
+    ("who plays general hux in the last jedi Domhnall Gleeson", "who plays general hux in the last jedi?",
+     "Domhnall Gleeson"),
+    ("when does star wars battlefront 2 come out November 17, 2017", "when does star wars battlefront 2 come out?",
+     "November 17, 2017"),
+    ("how many episodes are in chicago fire season 4 23", "how many episodes are in chicago fire season 4?", "23"),
+    ("is the eiffel tower in paris yes", "is the eiffel tower in paris?", "yes"),
+    ("Who wrote Hamlet? Shakespeare", "Who wrote Hamlet?", "Shakespeare"),
+    # no visible boundary: a plain statement
+    ("what is the center of heredity in a cell nucleus", None, None),
+    ("When the war ended France surrendered", None, None),
+    ("did the war end in 1945", None, None),
+    ("how tall is the tower 330 metres", None, None),
+    ("who is the iPhone maker Apple", None, None),
+    ("The Eiffel Tower was completed in 1889.", None, None),
+])
+def test_a_question_without_its_mark_is_split_only_where_the_answer_shows(text, topic, answer) -> None:
+    b = Belief.coerce(text)
+    assert (b.answer, b.topic) == (answer, topic if answer else text)
+    if "?" not in text:  # a topic given with the text: never re-split
+        assert Belief.coerce({"text": text, "topic": text}).answer is None
+
+
 def test_yes_no_beliefs_and_their_opposites() -> None:
     assert Belief.coerce("Is Paris in France? yes.").is_yes_no
     flipped = Belief.coerce("Is Paris in France? Yes").opposite()

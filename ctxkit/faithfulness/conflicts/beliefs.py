@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -17,6 +18,37 @@ def _norm_yes_no(answer: str) -> str:
     return answer.strip().strip(".!").lower()
 
 
+_WH_WORDS = frozenset(["who", "whom", "whose", "what", "when", "where", "which", "why", "how"])
+_AUX_WORDS = frozenset(["is", "are", "was", "were", "do", "does", "did", "can", "could", "will", "would", "should",
+                        "has", "have", "had"])
+
+
+def _split_unmarked(text: str) -> tuple[str, str] | None:
+    """Question and answer of a "question + answer" text without its question mark, as search
+    logs write questions ("who plays general hux in the last jedi Domhnall Gleeson").
+
+    Only where the boundary shows: the text opens with a question word and the question is all
+    lower case. A wh-question's answer starts at the first capitalised word, or is a final number
+    ("... chicago fire season 4 23"); a yes / no question's answer is a final "yes" / "no".
+    Anything else stays a plain statement.
+    """
+    words = text.split()
+    if len(words) < 3 or words[0] not in _WH_WORDS | _AUX_WORDS or text.rstrip().endswith("."):
+        return None
+    if words[0] in _AUX_WORDS:
+        if words[-1].lower() in ("yes", "no") and " ".join(words[:-1]).islower():
+            return " ".join(words[:-1]), words[-1]
+        return None
+    first_cap = next((i for i, w in enumerate(words) if any(c.isupper() for c in w)), None)
+    if first_cap is not None:
+        if first_cap < 2 or not words[first_cap][:1].isupper():
+            return None
+        return " ".join(words[:first_cap]), " ".join(words[first_cap:])
+    if re.fullmatch(r"\d[\d,.]*", words[-1]):
+        return " ".join(words[:-1]), words[-1]
+    return None
+
+
 class Belief(BaseModel):
     """A trusted statement to check the context against.
 
@@ -24,7 +56,10 @@ class Belief(BaseModel):
         text: The statement, e.g. ``"The Eiffel Tower was completed in 1889."`` or a question
             followed by its known answer (``"When was the Eiffel Tower completed? 1889"``).
         answer: The value the statement asserts, when known. For ``"question? answer"`` text it
-            is taken from after the question mark automatically.
+            is taken from after the question mark automatically; for a lower-case question
+            without its mark (``"who plays general hux in the last jedi Domhnall Gleeson"``), only
+            where the boundary shows: a capitalised answer, a final number, or a final "yes" /
+            "no" after a yes / no question. Pass ``answer=`` (or :meth:`from_answer`) otherwise.
         topic: What the belief is about (the text without its answer); derived when omitted.
         source: Where the belief comes from (``"kb"``, ``"model"``, ``"previous_answer"``...).
     """
@@ -60,6 +95,8 @@ class Belief(BaseModel):
             q, _, rest = b.text.rpartition("?")
             if rest.strip() and q.strip():
                 b = b.model_copy(update={"answer": rest.strip(" .:-"), "topic": q.strip() + "?"})
+        elif b.answer is None and b.topic is None and (split := _split_unmarked(b.text)) is not None:
+            b = b.model_copy(update={"answer": split[1], "topic": split[0] + "?"})
         if b.topic is None:
             topic = b.text
             if b.answer and b.answer in topic:
