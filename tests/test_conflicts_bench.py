@@ -195,6 +195,8 @@ def test_polarity_check_scores_the_quickstart_belief_both_ways(bench_module, tmp
         assert r["belief"].endswith("No") and r["flipped"].endswith("Yes")
         assert r["flagged"] == (r["score"] >= res["threshold"])
         assert r["flipped_flagged"] == (r["flipped_score"] >= res["threshold"])
+        # the default detector keeps a flag only where the stated answer reads as more conflicting
+        assert r["default_flagged"] == (r["flagged"] and r["score"] > r["flipped_score"])
 
 
 def test_head_scores_cap_a_yes_no_passage_that_conflicts_as_much_with_the_opposite_answer(bench) -> None:
