@@ -451,6 +451,12 @@ def test_a_yes_no_belief_is_flagged_only_when_the_passage_conflicts_with_its_ans
     ("how many episodes are in chicago fire season 4 23", "how many episodes are in chicago fire season 4?", "23"),
     ("is the eiffel tower in paris yes", "is the eiffel tower in paris?", "yes"),
     ("Who wrote Hamlet? Shakespeare", "Who wrote Hamlet?", "Shakespeare"),
+    # labelled: split at the answer label
+    ("Question: who wrote hamlet Answer: Shakespeare.", "who wrote hamlet?", "Shakespeare"),
+    ("Who wrote Hamlet? Answer: Shakespeare", "Who wrote Hamlet?", "Shakespeare"),
+    ("Q: what is 2+2? A: 4", "what is 2+2?", "4"),
+    ("Plan A: build the tower", None, None),
+    ("The answer: none", None, None),
     # no visible boundary: a plain statement
     ("what is the center of heredity in a cell nucleus", None, None),
     ("When the war ended France surrendered", None, None),

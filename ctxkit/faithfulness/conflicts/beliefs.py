@@ -23,6 +23,25 @@ _AUX_WORDS = frozenset(["is", "are", "was", "were", "do", "does", "did", "can", 
                         "has", "have", "had"])
 
 
+_QUESTION_LABEL = re.compile(r"^\s*(?:question|q)\s*:\s*", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(r"\banswer\s*:", re.IGNORECASE)
+_SHORT_ANSWER_LABEL = re.compile(r"(?:^|\s)a\s*:", re.IGNORECASE)
+
+
+def _split_labelled(text: str) -> tuple[str, str] | None:
+    """Question and answer of a labelled text: "Question: ... Answer: ...", "... Answer: ..." (the
+    claim judge's own input form) or "Q: ... A: ..."."""
+    label = _QUESTION_LABEL.match(text)
+    body = text[label.end():] if label else text
+    found = list(_ANSWER_LABEL.finditer(body)) or (list(_SHORT_ANSWER_LABEL.finditer(body)) if label else [])
+    if not found:
+        return None
+    q, a = body[: found[-1].start()].strip(), body[found[-1].end():].strip(" .")
+    if not a or not (q.endswith("?") or len(q.split()) >= 3):  # "The answer: none" is no question
+        return None
+    return (q if q.endswith("?") else q + "?"), a
+
+
 def _split_unmarked(text: str) -> tuple[str, str] | None:
     """Question and answer of a "question + answer" text without its question mark, as search
     logs write questions ("who plays general hux in the last jedi Domhnall Gleeson").
@@ -59,7 +78,9 @@ class Belief(BaseModel):
             is taken from after the question mark automatically; for a lower-case question
             without its mark (``"who plays general hux in the last jedi Domhnall Gleeson"``), only
             where the boundary shows: a capitalised answer, a final number, or a final "yes" /
-            "no" after a yes / no question. Pass ``answer=`` (or :meth:`from_answer`) otherwise.
+            "no" after a yes / no question. Labelled text ("Question: ... Answer: ...",
+            "Q: ... A: ...") is split at the answer label. Pass ``answer=`` (or
+            :meth:`from_answer`) otherwise.
         topic: What the belief is about (the text without its answer); derived when omitted.
         source: Where the belief comes from (``"kb"``, ``"model"``, ``"previous_answer"``...).
     """
@@ -91,7 +112,9 @@ class Belief(BaseModel):
             raise InputError(
                 f"a belief must be a string, a dict or a Belief, got {type(value).__name__}"
             )
-        if b.answer is None and "?" in b.text:
+        if b.answer is None and b.topic is None and (split := _split_labelled(b.text)) is not None:
+            b = b.model_copy(update={"answer": split[1], "topic": split[0]})
+        elif b.answer is None and "?" in b.text:
             q, _, rest = b.text.rpartition("?")
             if rest.strip() and q.strip():
                 b = b.model_copy(update={"answer": rest.strip(" .:-"), "topic": q.strip() + "?"})
