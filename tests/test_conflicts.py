@@ -131,6 +131,12 @@ def test_belief_coercion() -> None:
     assert plain.answer is None and plain.topic == plain.text
     with pytest.raises(InputError):
         Belief.coerce(42)  # type: ignore[arg-type]
+    # a dict may name the question instead of the text: the same belief as from_answer
+    assert Belief.coerce({"question": "Who wrote Hamlet?", "answer": "Shakespeare"}) == \
+        Belief.from_answer("Who wrote Hamlet?", "Shakespeare")
+    for bad in ({"answer": "Shakespeare"}, {"text": "Hamlet", "author": "Shakespeare"}):
+        with pytest.raises(InputError, match="needs 'text'"):
+            Belief.coerce(bad)
 
 
 @pytest.mark.parametrize(

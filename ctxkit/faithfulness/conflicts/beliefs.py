@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ...errors import InputError
 
@@ -101,13 +101,25 @@ class Belief(BaseModel):
 
     @classmethod
     def coerce(cls, value: Belief | str | dict[str, Any]) -> Belief:
-        """Accept a Belief, a plain string, or a dict with the Belief fields."""
+        """Accept a Belief, a plain string, or a dict with the Belief fields (``"question"`` may
+        stand for ``"text"``: ``{"question": "Who wrote Hamlet?", "answer": "Shakespeare"}``)."""
         if isinstance(value, Belief):
             b = value
         elif isinstance(value, str):
             b = cls(text=value)
         elif isinstance(value, dict):
-            b = cls(**value)
+            fields = dict(value)
+            if "question" in fields and "text" not in fields:  # {"question": ..., "answer": ...}
+                question = str(fields.pop("question"))
+                fields["topic"] = fields.get("topic") or question
+                fields["text"] = f"{question} {fields['answer']}".strip() if fields.get("answer") else question
+            try:
+                b = cls(**fields)
+            except ValidationError as exc:
+                raise InputError(
+                    f"a belief dict needs 'text' (or 'question') and may have 'answer', 'topic', 'source'; "
+                    f"got keys {sorted(value)}: {exc.errors()[0]['msg']}"
+                ) from exc
         else:
             raise InputError(
                 f"a belief must be a string, a dict or a Belief, got {type(value).__name__}"
