@@ -134,6 +134,8 @@ def test_belief_coercion() -> None:
     # a dict may name the question instead of the text: the same belief as from_answer
     assert Belief.coerce({"question": "Who wrote Hamlet?", "answer": "Shakespeare"}) == \
         Belief.from_answer("Who wrote Hamlet?", "Shakespeare")
+    with pytest.raises(InputError, match="non-empty"):
+        Belief.coerce("  ")
     for bad in ({"answer": "Shakespeare"}, {"text": "Hamlet", "author": "Shakespeare"}):
         with pytest.raises(InputError, match="needs 'text'"):
             Belief.coerce(bad)

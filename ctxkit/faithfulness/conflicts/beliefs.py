@@ -106,6 +106,8 @@ class Belief(BaseModel):
         if isinstance(value, Belief):
             b = value
         elif isinstance(value, str):
+            if not value.strip():
+                raise InputError("a belief must be a non-empty statement, got an empty string")
             b = cls(text=value)
         elif isinstance(value, dict):
             fields = dict(value)
