@@ -51,7 +51,7 @@ import numpy as np
 from _common import auc, data_missing, data_path, machine, write_json
 
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
-from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES, POLARITY_CAP
+from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES, polarity_capped
 from ctxkit.faithfulness.faithfulrag import clean_field
 from ctxkit.faithfulness.judge.data import states
 from ctxkit.faithfulness.judge.sources import poisonedrag_items, split_of
@@ -247,7 +247,7 @@ def head_scores(head: dict, f: np.ndarray, polarity_check: bool) -> np.ndarray:
     if polarity_check:
         yn = ~np.isnan(f[:, k])
         opp = 1 / (1 + np.exp(-(head["bias"] + np.nan_to_num(f[:, k:]) @ w)))
-        s = np.where(yn & (s <= opp), np.minimum(s, POLARITY_CAP), s)
+        s = np.where(yn, polarity_capped(s, opp), s)
     return s
 
 

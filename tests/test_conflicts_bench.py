@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctxkit.faithfulness.conflicts.detector import POLARITY_CAP
 from ctxkit.faithfulness.judge import split_of
 
 PAIRS = [
@@ -208,5 +209,5 @@ def test_head_scores_cap_a_yes_no_passage_that_conflicts_as_much_with_the_opposi
     rows[1, k] = 3.0  # the opposite answer reads as conflicting: capped
     rows[2, k] = -3.0  # only the stated answer conflicts: kept
     on = bench.head_scores(head, rows, polarity_check=True)
-    assert on[0] == on[2] == pytest.approx(0.9526, abs=1e-4) and on[1] == bench.POLARITY_CAP
+    assert on[0] == on[2] == pytest.approx(0.9526, abs=1e-4) and on[1] == POLARITY_CAP
     assert bench.head_scores(head, rows, polarity_check=False) == pytest.approx([0.9526] * 3, abs=1e-4)

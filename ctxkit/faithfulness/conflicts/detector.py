@@ -51,6 +51,7 @@ __all__ = [
     "ConflictDetector",
     "judge_input",
     "passage_features",
+    "polarity_capped",
     "stated",
 ]
 
@@ -63,10 +64,19 @@ weights 0 (the judge alone) / 0.5 / 1 / 2."""
 
 POLARITY_CAP = 0.5
 """The highest score a passage gets against a yes / no belief when it conflicts with the opposite
-answer at least as much (``polarity_check``): undecided, below any calibrated threshold. The claim
+answer at least as much (``polarity_check``): undecided, below the packaged judge's calibrated
+threshold (0.7039) and any threshold calibrated for it with the polarity check. The claim
 judge reads the topic of such a belief far better than its answer
 (``benchmarks/conflicts_polarity.py``); the small difference between the two readings is what
 separates (dev AUC 0.91 against 0.62 for the score alone)."""
+
+
+
+def polarity_capped(score: Any, opposite_score: Any) -> Any:
+    """A yes / no passage's score after the polarity check: capped at :data:`POLARITY_CAP` where
+    the passage scores at least as high against the opposite answer (floats or arrays)."""
+    return np.where(np.asarray(opposite_score) >= score, np.minimum(score, POLARITY_CAP), score)
+
 
 PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
 """Features of a (belief, passage) pair that the passage head combines."""
@@ -441,8 +451,7 @@ class ConflictDetector:
                     fp = np.array([flipped_probs[qi, bi, c.chunk] for c in members])
                     opp = self.passage_score(passage_features(opposite[qi, bi], fp, text))
                     polarity = {"opposite": opposite[qi, bi].text, "opposite_score": opp, "capped": score <= opp}
-                    if score <= opp:
-                        score = min(score, POLARITY_CAP)
+                    score = float(polarity_capped(score, opp))
                 for c in members:
                     c.info["passage_score"] = score
                     c.info["passage_features"] = feats
