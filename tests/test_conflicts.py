@@ -463,6 +463,7 @@ def test_a_yes_no_belief_is_flagged_only_when_the_passage_conflicts_with_its_ans
     ("Question: who wrote hamlet Answer: Shakespeare.", "who wrote hamlet?", "Shakespeare"),
     ("Who wrote Hamlet? Answer: Shakespeare", "Who wrote Hamlet?", "Shakespeare"),
     ("Q: what is 2+2? A: 4", "what is 2+2?", "4"),
+    ("Question: Who wrote Hamlet? Shakespeare", "Who wrote Hamlet?", "Shakespeare"),
     ("Plan A: build the tower", None, None),
     ("The answer: none", None, None),
     # no visible boundary: a plain statement

@@ -131,7 +131,7 @@ class Belief(BaseModel):
         elif b.answer is None and "?" in b.text:
             q, _, rest = b.text.rpartition("?")
             if rest.strip() and q.strip():
-                b = b.model_copy(update={"answer": rest.strip(" .:-"), "topic": q.strip() + "?"})
+                b = b.model_copy(update={"answer": rest.strip(" .:-"), "topic": _QUESTION_LABEL.sub("", q).strip() + "?"})
         elif b.answer is None and b.topic is None and (split := _split_unmarked(b.text)) is not None:
             b = b.model_copy(update={"answer": split[1], "topic": split[0] + "?"})
         if b.topic is None:
