@@ -51,7 +51,12 @@ import numpy as np
 from _common import auc, data_missing, data_path, machine, write_json
 
 from ctxkit.faithfulness.conflicts import Belief, ConflictDetector
-from ctxkit.faithfulness.conflicts.detector import PASSAGE_FEATURES, polarity_capped
+from ctxkit.faithfulness.conflicts.detector import (
+    PASSAGE_FEATURES,
+    SIMILARITY_FEATURES,
+    head_logit,
+    polarity_capped,
+)
 from ctxkit.faithfulness.faithfulrag import clean_field
 from ctxkit.faithfulness.judge.data import states
 from ctxkit.faithfulness.judge.sources import poisonedrag_items, split_of
@@ -242,40 +247,93 @@ def features(items: list[dict], det: ConflictDetector) -> np.ndarray:
 
 def head_scores(head: dict, f: np.ndarray, polarity_check: bool) -> np.ndarray:
     """Passage scores of feature rows (see :func:`features`) as ``ConflictDetector`` computes them."""
-    w, k = np.array([head["weights"][n] for n in PASSAGE_FEATURES]), len(PASSAGE_FEATURES)
-    s = 1 / (1 + np.exp(-(head["bias"] + f[:, :k] @ w)))
+    k = len(PASSAGE_FEATURES)
+
+    def score(cols: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-head_logit(head, dict(zip(PASSAGE_FEATURES, cols.T, strict=True)))))
+
+    s = score(f[:, :k])
     if polarity_check:
         yn = ~np.isnan(f[:, k])
-        opp = 1 / (1 + np.exp(-(head["bias"] + np.nan_to_num(f[:, k:]) @ w)))
-        s = np.where(yn, polarity_capped(s, opp), s)
+        s = np.where(yn, polarity_capped(s, score(np.nan_to_num(f[:, k:]))), s)
     return s
 
 
+HEAD_C = 0.1
+"""Inverse L2 strength of the passage head's logistic fit (standardised features, their squares
+and pairwise products). Cross-fitted dev recall at the 10% false-flag threshold was level at
+0.1 / 0.3 / 1 (0.03 let out-of-fold false flags pass 10%); 0.3 flagged a docs chunk of
+``ctxkit quickstart`` (0.798 against its threshold 0.776), so the more regularised 0.1 ships."""
+
+
+def fit_statement_head(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict:
+    """The head for beliefs without an answer: a linear logistic one over the judge's features
+    and :func:`~ctxkit.faithfulness.conflicts.detector.stated` (no similarity features)."""
+    from sklearn.linear_model import LogisticRegression
+
+    names = [f for f in PASSAGE_FEATURES if f not in SIMILARITY_FEATURES]
+    cols = [PASSAGE_FEATURES.index(f) for f in names]
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x[:, cols], y, sample_weight=w)
+    return {"bias": round(float(lr.intercept_[0]), 4),
+            "weights": {f: round(float(c), 4) for f, c in zip(names, lr.coef_[0], strict=True)}}
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict:
+    """A logistic passage head over the features, their squares and pairwise products (fitted on
+    standardised features, written as weights of the raw terms ``"a"`` and ``"a*b"``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+    pairs = [(i, j) for i in range(x.shape[1]) for j in range(i, x.shape[1])]
+    zz = np.concatenate([z, np.stack([z[:, i] * z[:, j] for i, j in pairs], axis=1)], axis=1)
+    lr = LogisticRegression(C=HEAD_C, max_iter=10000).fit(zz, y, sample_weight=w)
+    coef, n = lr.coef_[0], x.shape[1]
+    bias, weights = float(lr.intercept_[0]), dict.fromkeys(PASSAGE_FEATURES, 0.0)
+    # c * z_i = c / s_i * x_i - c m_i / s_i;  c * z_i z_j = c / (s_i s_j) * (x_i - m_i)(x_j - m_j)
+    for i in range(n):
+        weights[PASSAGE_FEATURES[i]] += coef[i] / scale[i]
+        bias -= coef[i] * mean[i] / scale[i]
+    for c, (i, j) in zip(coef[n:], pairs, strict=True):
+        c = c / (scale[i] * scale[j])
+        a, b = PASSAGE_FEATURES[i], PASSAGE_FEATURES[j]
+        weights[f"{a}*{b}"] = weights.get(f"{a}*{b}", 0.0) + c
+        weights[a] -= c * mean[j]
+        weights[b] -= c * mean[i]
+        bias += c * mean[i] * mean[j]
+    return {"bias": float(f"{bias:.6g}"), "weights": {t: float(f"{v:.6g}") for t, v in weights.items()}}
+
+
 def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, polarity_check: bool = True) -> dict:
-    """Fit the passage head (an L2-regularised logistic regression over the pooled dev items,
-    each set weighted equally; ``per_set`` maps a set to its :func:`features` and item kinds) and
+    """Fit the passage head (:func:`fit_head` over the pooled dev items, each set weighted
+    equally; ``per_set`` maps a set to its :func:`features` and item kinds) and
     choose the lowest threshold at which every set's dev false-flag rate on supporting passages,
     and on off-topic ones, is at most ``target`` (passage scores after the detector's
     ``polarity_check`` when set); report dev AUC / recall / false flags per set for the head and for
     the highest sentence conflict probability alone."""
-    from sklearn.linear_model import LogisticRegression
-
     k = len(PASSAGE_FEATURES)
     x = np.concatenate([f[:, :k] for f, _ in per_set.values()])
     y = np.concatenate([kind == "conflict" for _, kind in per_set.values()])
     w = np.concatenate([np.full(len(kind), 1.0 / len(kind)) for _, kind in per_set.values()])
-    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, y, sample_weight=w * len(y) / w.sum())
-    head = {"bias": round(float(lr.intercept_[0]), 4),
-            "weights": {f: round(float(c), 4) for f, c in zip(PASSAGE_FEATURES, lr.coef_[0], strict=True)}}
+    head = fit_head(x, y, w * len(y) / w.sum())
 
-    def score(f: np.ndarray) -> np.ndarray:
-        return head_scores(head, f, polarity_check)
+    def score(f: np.ndarray, h: dict = head) -> np.ndarray:
+        return head_scores(h, f, polarity_check)
 
-    # the lowest threshold at which no set flags more than `target` of its supporting (or of its
-    # off-topic) passages
-    thr = max(float(np.quantile(score(f[kind == k]), 1 - target, method="higher")) + 1e-6
-              for f, kind in per_set.values() for k in ("support", "unrelated") if (kind == k).any())
-    thr = min(max(thr, 0.05), 0.99)
+    def lowest_threshold(h: dict) -> float:
+        # the lowest threshold at which no set flags more than `target` of its supporting (or of
+        # its off-topic) passages
+        thr = max(float(np.quantile(score(f[kind == k], h), 1 - target, method="higher")) + 1e-6
+                  for f, kind in per_set.values() for k in ("support", "unrelated") if (kind == k).any())
+        return min(max(thr, 0.05), 0.99)
+
+    thr = lowest_threshold(head)
+    # the statement head's bias moves its own threshold onto the head's: one threshold for both
+    statement = fit_statement_head(x, y, w * len(y) / w.sum())
+    own = lowest_threshold(statement)
+    statement["bias"] = round(statement["bias"] + float(np.log(thr / (1 - thr)) - np.log(own / (1 - own))), 4)
+    statement["fitted_threshold"] = round(own, 4)
     report = {}
     for n, (f, kind) in per_set.items():
         s, cmax = score(f), f[:, 0]
@@ -284,7 +342,7 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, 
                      "false_flag_rate": round(float((s[sup] >= thr).mean()), 4),
                      "unrelated_flag_rate": round(float((s[unr] >= thr).mean()), 4) if unr.any() else None,
                      "auc_conflict_max_only": round(auc(cmax[pos], cmax[sup]), 4), "items": len(kind)}
-    return {"threshold": round(thr, 4), "head": head, "polarity_check": polarity_check,
+    return {"threshold": round(thr, 4), "head": head, "statement_head": statement, "polarity_check": polarity_check,
             "target_false_flag_rate": target, "dev": report}
 
 
@@ -309,6 +367,22 @@ def crossfit(per_set: dict[str, tuple[np.ndarray, np.ndarray]], ids: dict[str, l
     out["max_false_flag_rate"] = max(max(v["false_flag_rate"] or 0.0, v["unrelated_flag_rate"] or 0.0)
                                      for v in out.values() if isinstance(v, dict))
     return {"folds": folds, **out}
+
+
+def leave_one_set_out(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float,
+                      polarity_check: bool = True) -> dict:
+    """What the calibration holds on a kind of data it never saw: for each set, the head and
+    threshold fitted by :func:`calibrate` on the other sets alone, scored on all of its items."""
+    out = {}
+    for held, (f, kind) in per_set.items():
+        cal = calibrate({n: v for n, v in per_set.items() if n != held}, target, polarity_check)
+        s = head_scores(cal["head"], f, polarity_check)
+        pos, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
+        out[held] = {"threshold": cal["threshold"], "auc": round(auc(s[pos], s[sup]), 4),
+                     "recall": round(float((s[pos] >= cal["threshold"]).mean()), 4),
+                     "false_flag_rate": round(float((s[sup] >= cal["threshold"]).mean()), 4),
+                     "unrelated_flag_rate": round(float((s[unr] >= cal["threshold"]).mean()), 4) if unr.any() else None}
+    return out
 
 
 def main() -> int:
@@ -356,6 +430,7 @@ def main() -> int:
         judge_json = Path(args.calibrate) / "judge.json"
         det = ConflictDetector(judge=str(args.calibrate), device=args.device, head={}, span_rank_weight=0.0,
                                polarity_check=False)
+        det.similarity_features = True
         cache = Path(args.features_cache) if args.features_cache else None
         cached = np.load(cache) if cache is not None and cache.is_file() else None
         per_set, ids = {}, {}
@@ -366,12 +441,10 @@ def main() -> int:
             kinds = np.array([it["kind"] for it in items])
             if cached is not None:
                 if f"{name}_x" not in cached or not np.array_equal(cached[f"{name}_y"], kinds) \
-                        or cached[f"{name}_x"].shape[1] not in (len(PASSAGE_FEATURES), 2 * len(PASSAGE_FEATURES)):
-                    ap.error(f"--features-cache {cache} does not match the dev items of {name}: delete it")
-                x = cached[f"{name}_x"]
-                if x.shape[1] == len(PASSAGE_FEATURES):  # a cache written before the polarity check
-                    x = np.concatenate([x, opposite_features(items, det)], axis=1)
-                per_set[name] = (x, kinds)
+                        or cached[f"{name}_x"].shape[1] != 2 * len(PASSAGE_FEATURES):
+                    ap.error(f"--features-cache {cache} does not match the dev items of {name} or the passage "
+                             "features: delete it")
+                per_set[name] = (cached[f"{name}_x"], kinds)
             else:
                 per_set[name] = (features(items, det), kinds)
             ids[name] = [it["id"] for it in items]
@@ -383,8 +456,12 @@ def main() -> int:
         cal["rule"] = (f"threshold: the lowest at which no dev set flags more than {args.target_false_flags:.0%} of its "
                        "supporting or of its off-topic passages" + (
                            " (yes / no beliefs: after the polarity check)" if polarity else "") +
-                       "; cross_fitted_dev: the same fit without each fold, scored on it (what unseen items get)")
+                       "; cross_fitted_dev: the same fit without each fold, scored on it (what unseen items get)"
+                       "; leave_one_set_out: the same fit on the other sets alone, scored on one (what a kind of data "
+                       "the calibration never saw gets)")
         cal["cross_fitted_dev"] = crossfit(per_set, ids, args.target_false_flags, polarity_check=polarity)
+        if len(per_set) > 2:
+            cal["leave_one_set_out"] = leave_one_set_out(per_set, args.target_false_flags, polarity)
         cal["calibrated_on"] = f"dev split of {', '.join(per_set)} (benchmarks/conflicts.py --calibrate)"
         info = json.loads(judge_json.read_text())
         info["detector"] = cal

@@ -489,3 +489,70 @@ def test_yes_no_beliefs_and_their_opposites() -> None:
     assert not Belief.coerce("Where is Paris? France").is_yes_no
     assert Belief.coerce("Where is Paris? France").opposite() is None
     assert Belief.coerce("Paris is in France.").opposite() is None
+
+
+class _FixedJudge:
+    """A calibrated judge giving every pair the same probabilities, with the given passage heads."""
+
+    def __init__(self, probs: tuple[float, float, float], head: dict, statement_head: dict | None = None) -> None:
+        self.probs = probs
+        self.config = {"detector": {"threshold": 0.5, "head": head, "polarity_check": False,
+                                    **({"statement_head": statement_head} if statement_head else {})}}
+
+    def predict(self, beliefs, texts):
+        return np.array([self.probs] * len(beliefs))
+
+
+def test_a_head_weighs_products_of_features_and_rejects_unknown_ones() -> None:
+    head = {"bias": -1.0, "weights": {"conflict_max": 2.0, "conflict_max*relevant_max": 3.0}}
+    det = ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), head))
+    assert not det.similarity_features  # the head does not use them: no embedder pass
+    z = -1.0 + 2.0 * 0.6 + 3.0 * 0.6 * 0.7
+    passage = [[Passage(id="p", text="The tower is 300 metres tall.")]]
+    assert det.passage_scores([["How tall is the tower? 330 metres"]], passage)[0][0] == pytest.approx(
+        1 / (1 + np.exp(-z)), abs=1e-6)
+    with pytest.raises(ConfigError, match="unknown passage features"):
+        ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), {"weights": {"conflict_max*bogus": 1.0}}))
+    with pytest.raises(ConfigError, match="statement head"):
+        ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), head, {"weights": {"topic_similarity": 1.0}}))
+
+
+def test_similarity_features_are_the_nearest_sentence_to_the_question_and_to_the_belief(minilm) -> None:
+    head = {"bias": 0.0, "weights": {"conflict_max": 1.0, "topic_similarity": 1.0, "belief_similarity": -1.0}}
+    det = ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), head))
+    det._embedder = minilm
+    assert det.similarity_features
+    belief = Belief.coerce("How tall is the Eiffel Tower? 330 metres")
+    sentences = ["The Eiffel Tower is 300 metres tall.", "Paris has many museums."]
+    (cand, *_), = det.rank([[belief]], [sentences])
+    feats = cand.info["passage_features"]
+    emb = minilm.encode([belief.topic, belief.text, *sentences])
+    assert feats["topic_similarity"] == pytest.approx(float((emb[2:] @ emb[0]).max()), abs=1e-4)
+    assert feats["belief_similarity"] == pytest.approx(float((emb[2:] @ emb[1]).max()), abs=1e-4)
+    z = 0.6 + feats["topic_similarity"] - feats["belief_similarity"]
+    assert cand.info["passage_score"] == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-6)
+    # an off-topic passage is further from the question
+    (far, *_), = det.rank([[belief]], [["Cats purr when they are content."]])
+    assert far.info["passage_features"]["topic_similarity"] < feats["topic_similarity"] - 0.2
+
+
+def test_a_statement_belief_is_scored_by_the_statement_head() -> None:
+    head = {"bias": 0.0, "weights": {"conflict_max": 4.0}}
+    statement_head = {"bias": -10.0, "weights": {"conflict_max": 1.0}}
+    det = ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), head, statement_head))
+    passage = [[Passage(id="p", text="The tower is 300 metres tall.")]]
+    qa, statement = "How tall is the tower? 330 metres", "The tower is 330 metres tall."
+    assert det.passage_scores([[qa]], passage)[0][0] == pytest.approx(1 / (1 + np.exp(-2.4)), abs=1e-6)
+    assert det.passage_scores([[statement]], passage)[0][0] == pytest.approx(1 / (1 + np.exp(9.4)), abs=1e-6)
+    assert det.detect_batch([[qa]], passage)[0] and not det.detect_batch([[statement]], passage)[0]
+    # a head passed by the caller scores every belief
+    mine = ConflictDetector(judge=_FixedJudge((0.1, 0.6, 0.3), head, statement_head), head=head)
+    assert mine.passage_scores([[statement]], passage) == mine.passage_scores([[qa]], passage)
+
+
+def test_the_packaged_calibration_has_a_statement_head_on_the_same_threshold(detector) -> None:
+    cal = detector.judge.config["detector"]
+    assert detector.similarity_features and "statement_head" in cal
+    st = cal["statement_head"]
+    # its bias moves its own calibrated threshold onto the shared one
+    assert 0.05 <= st["fitted_threshold"] <= 0.99 and not any("similarity" in t for t in st["weights"])

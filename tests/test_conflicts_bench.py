@@ -159,17 +159,25 @@ def test_calibrate_fits_the_head_and_threshold_into_judge_json(bench, tmp_path, 
                                       "--features-cache", str(tmp_path / "f.npz")])
     assert bench.main() == 0
     cal = json.loads((judge / "judge.json").read_text())["detector"]
-    assert 0.05 <= cal["threshold"] <= 0.99 and set(cal["head"]["weights"]) == set(bench.PASSAGE_FEATURES)
+    assert 0.05 <= cal["threshold"] <= 0.99
+    # the features, their squares and pairwise products
+    k = len(bench.PASSAGE_FEATURES)
+    assert len(cal["head"]["weights"]) == k + k * (k + 1) // 2
+    assert {f for t in cal["head"]["weights"] for f in t.split("*")} == set(bench.PASSAGE_FEATURES)
+    assert not any("similarity" in t for t in cal["statement_head"]["weights"])
     assert set(cal["dev"]) == {"squad", "musique", "faitheval"}
     # the threshold keeps every set's dev false flags (supporting and off-topic) within the target
     assert all(r["false_flag_rate"] <= 0.10 and r["unrelated_flag_rate"] <= 0.10 for r in cal["dev"].values())
     # held-out folds: head and threshold refitted without them, rates per set
     cross = cal["cross_fitted_dev"]
     assert cross["folds"] == 5 and set(cross) == {"folds", "max_false_flag_rate", "squad", "musique", "faitheval"}
+    # each set scored by a calibration fitted on the other sets alone
+    loso = cal["leave_one_set_out"]
+    assert set(loso) == {"squad", "musique", "faitheval"}
+    assert all(0.05 <= r["threshold"] <= 0.99 and 0.0 <= r["false_flag_rate"] <= 1.0 for r in loso.values())
     assert all(0.0 <= cross[n]["recall"] <= 1.0 for n in ("squad", "musique", "faitheval"))
     assert cal["polarity_check"] is True
     cached = np.load(tmp_path / "f.npz")
-    k = len(bench.PASSAGE_FEATURES)
     # features against the belief, then against its opposite answer (none of these beliefs is yes / no)
     assert cached["squad_x"].shape == (3 * len(PAIRS), 2 * k)
     assert np.isnan(cached["squad_x"][:, k:]).all() and not np.isnan(cached["squad_x"][:, :k]).any()
@@ -211,3 +219,20 @@ def test_head_scores_cap_a_yes_no_passage_that_conflicts_as_much_with_the_opposi
     on = bench.head_scores(head, rows, polarity_check=True)
     assert on[0] == on[2] == pytest.approx(0.9526, abs=1e-4) and on[1] == POLARITY_CAP
     assert bench.head_scores(head, rows, polarity_check=False) == pytest.approx([0.9526] * 3, abs=1e-4)
+
+
+def test_fit_head_writes_the_standardised_quadratic_fit_as_raw_terms(bench) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    k = len(bench.PASSAGE_FEATURES)
+    x = rng.random((400, k)) * np.linspace(0.5, 3.0, k)
+    y = (x[:, 0] * x[:, 3] + 0.3 * rng.standard_normal(400)) > 0.6
+    w = np.ones(len(y))
+    head = bench.fit_head(x, y, w)
+    z = (x - x.mean(0)) / x.std(0)
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
+    zz = np.concatenate([z, np.stack([z[:, i] * z[:, j] for i, j in pairs], axis=1)], axis=1)
+    ref = LogisticRegression(C=bench.HEAD_C, max_iter=10000).fit(zz, y, sample_weight=w).predict_proba(zz)[:, 1]
+    rows = np.concatenate([x, np.full_like(x, np.nan)], axis=1)
+    assert bench.head_scores(head, rows, polarity_check=True) == pytest.approx(ref, abs=1e-4)

@@ -11,11 +11,16 @@ passages whose conflict score reaches a threshold calibrated on dev data for pre
 (:mod:`.heuristics`).
 
 A passage's conflict score for a belief combines what the judge says about its sentences with
-one plain fact, in a small logistic head (:data:`PASSAGE_FEATURES`): the highest conflict and
+plain facts, in a small logistic head (:data:`PASSAGE_FEATURES`): the highest conflict and
 support probabilities of its sentences, the mean of its two most conflicting sentences, how
-on-topic its best sentence is, and whether the passage plainly states the belief at all
-(:func:`stated`). The
-head and the flagging threshold are fitted on the dev splits of the conflict benchmark
+on-topic its best sentence is, whether the passage plainly states the belief at all
+(:func:`stated`), and how close its nearest sentence comes to the belief's question and to the
+whole belief in the embedder's space (:data:`SIMILARITY_FEATURES`; the cross-encoder takes a
+passage about the same subject for a relevant one, the embedder tells such a passage from one
+that answers the question). The head may weigh products of two features (``"a*b"``). A belief
+that is a plain statement (no answer) is scored by a second head without the similarity features
+(``statement_head``; the dev data holds question + answer beliefs only, and a statement is far
+closer to a sentence that contradicts it than any question is). The heads and the flagging threshold are fitted on the dev splits of the conflict benchmark
 (``benchmarks/conflicts.py --calibrate``) and stored in the judge's ``judge.json``; without a
 head the score is the highest conflict probability. A yes / no belief is also read with the
 opposite answer (``polarity_check``): the judge reads such beliefs mostly by topic, so a passage
@@ -47,8 +52,10 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "PASSAGE_FEATURES",
     "POLARITY_CAP",
+    "SIMILARITY_FEATURES",
     "Candidate",
     "ConflictDetector",
+    "head_logit",
     "judge_input",
     "passage_features",
     "polarity_capped",
@@ -78,8 +85,31 @@ def polarity_capped(score: Any, opposite_score: Any) -> Any:
     return np.where(np.asarray(opposite_score) >= score, np.minimum(score, POLARITY_CAP), score)
 
 
-PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated")
+SIMILARITY_FEATURES = ("topic_similarity", "belief_similarity")
+"""Passage features from the embedder: the highest cosine similarity of a passage's sentences to
+the belief's question (its statement when it has no answer) and to the whole belief."""
+
+PASSAGE_FEATURES = ("conflict_max", "conflict_top2", "support_max", "relevant_max", "answer_stated",
+                    *SIMILARITY_FEATURES)
 """Features of a (belief, passage) pair that the passage head combines."""
+
+
+def head_logit(head: dict[str, Any], features: Any) -> Any:
+    """The passage head's log-odds: ``bias`` plus each weighted term, a term being a feature
+    name or a product ``"a*b"`` of two. ``features`` maps names to floats or to arrays (one
+    value per passage)."""
+    z: Any = float(head.get("bias", 0.0))
+    for term, w in head.get("weights", {}).items():
+        value: Any = 1.0
+        for f in term.split("*"):
+            value = value * features[f]
+        z = z + float(w) * value
+    return z
+
+
+def _unknown_features(head: dict[str, Any]) -> list[str]:
+    """The feature names a head's terms use that are not :data:`PASSAGE_FEATURES`."""
+    return sorted({f for term in head.get("weights", {}) for f in term.split("*")} - set(PASSAGE_FEATURES))
 
 
 @dataclass
@@ -88,16 +118,22 @@ class _Chunk:
     passage_id: str | None
 
 
-def passage_features(belief: Belief, probs: np.ndarray, text: str) -> dict[str, float]:
-    """The passage head's features from the judge's ``(sentences, 3)`` probabilities."""
+def passage_features(belief: Belief, probs: np.ndarray, text: str,
+                     similarity: np.ndarray | None = None) -> dict[str, float]:
+    """The passage head's features from the judge's ``(sentences, 3)`` probabilities and, when
+    given, the ``(sentences, 2)`` cosine similarities of the sentences to the belief's question
+    and to the belief (:data:`SIMILARITY_FEATURES`; left out without them)."""
     pc = np.sort(probs[:, 1])[::-1]
-    return {
+    out = {
         "conflict_max": float(pc[0]),
         "conflict_top2": float(pc[:2].mean()),
         "support_max": float(probs[:, 0].max()),
         "relevant_max": float((1 - probs[:, 2]).max()),
         "answer_stated": float(stated(belief, text)),
     }
+    if similarity is not None:
+        out.update(zip(SIMILARITY_FEATURES, (float(v) for v in similarity.max(axis=0)), strict=True))
+    return out
 
 
 _CONTRASTED = r"(?:not|never|nor|rather than|instead of|in place of)\s+(?:the\s+|a\s+|an\s+)?"
@@ -150,9 +186,9 @@ class ConflictDetector:
         threshold: With a judge, the passage conflict score from which a passage is flagged
             (``None``: the judge's calibrated threshold); without one, the minimum heuristic
             mismatch (``None``: 0.5).
-        head: With a judge, the passage head ``{"bias": b, "weights": {feature: w}}`` over
-            :data:`PASSAGE_FEATURES` (``None``: the judge's calibrated head; ``{}``: the
-            passage's highest sentence conflict probability).
+        head: With a judge, the passage head ``{"bias": b, "weights": {term: w}}``, a term being
+            one of :data:`PASSAGE_FEATURES` or a product ``"a*b"`` of two (``None``: the judge's
+            calibrated head; ``{}``: the passage's highest sentence conflict probability).
         span_rank_weight: With a judge, the weight of the span heuristics' ranking score added to
             the judge's conflict probability when ordering the sentences of a flagged passage (and
             in :meth:`rank`): which sentence a record names. ``0``: the judge's probability alone.
@@ -205,6 +241,7 @@ class ConflictDetector:
         self.polarity_check = False
         if judge is None:
             self._threshold, self._head = (0.5 if threshold is None else threshold), {}
+            self._statement_head: dict[str, Any] = {}
         else:
             self._judge = self._load_judge(judge)
             cal = dict(getattr(self._judge, "config", {}).get("detector", {}))
@@ -215,10 +252,16 @@ class ConflictDetector:
                             type(self._judge).__name__)
             self._threshold = float(cal.get("threshold", 0.5)) if threshold is None else threshold
             self._head = dict(cal.get("head", {})) if head is None else dict(head)
+            self._statement_head = dict(cal.get("statement_head", {})) if head is None else {}
             self.polarity_check = bool(cal.get("polarity_check", False)) if polarity_check is None else polarity_check
-            unknown = set(self._head.get("weights", {})) - set(PASSAGE_FEATURES)
+            unknown = _unknown_features(self._head)
             if unknown:
-                raise ConfigError(f"ConflictDetector: unknown passage features {sorted(unknown)}; known: {PASSAGE_FEATURES}")
+                raise ConfigError(f"ConflictDetector: unknown passage features {unknown}; known: {PASSAGE_FEATURES}")
+            if any(f in t for t in self._statement_head.get("weights", {}) for f in SIMILARITY_FEATURES):
+                raise ConfigError("ConflictDetector: a statement head cannot use the similarity features")
+        self.similarity_features = any(f in term for term in self._head.get("weights", {}) for f in SIMILARITY_FEATURES)
+        """Whether passages get the embedder's :data:`SIMILARITY_FEATURES` (on when the head uses
+        them; a calibration that fits a head on them turns it on)."""
         self.heuristics = SpanHeuristics(
             lambda: self.embedder, alpha=alpha, mismatch_weight=mismatch_weight,
             threshold=self._threshold if judge is None else 0.5, min_relevance=min_relevance,
@@ -248,14 +291,13 @@ class ConflictDetector:
         """The passage head in use (empty: the highest sentence conflict probability)."""
         return self._head
 
-    def passage_score(self, features: dict[str, float]) -> float:
-        """A passage's conflict score from its :func:`passage_features`."""
-        if not self._head:
+    def passage_score(self, features: dict[str, float], *, statement: bool = False) -> float:
+        """A passage's conflict score from its :func:`passage_features` (``statement``: for a
+        belief without an answer, scored by the statement head when the calibration has one)."""
+        head = self._statement_head if statement and self._statement_head else self._head
+        if not head:
             return features["conflict_max"]
-        z = float(self._head.get("bias", 0.0)) + sum(
-            float(w) * features[f] for f, w in self._head.get("weights", {}).items()
-        )
-        return float(1.0 / (1.0 + np.exp(-z)))
+        return float(1.0 / (1.0 + np.exp(-head_logit(head, features))))
 
     @property
     def weights(self) -> dict[str, float]:
@@ -427,6 +469,7 @@ class ConflictDetector:
         ), dtype=np.float64).reshape(len(pairs) + len(flipped), 3)
         probs = both[: len(pairs)]
         flipped_probs = dict(zip(flipped, both[len(pairs):], strict=True))
+        sims = self._similarities(beliefs, chunks, opposite) if self.similarity_features else None
         out: list[list[Candidate]] = [[] for _ in beliefs]
         for (qi, bi, ci), (ps, pc, pu) in zip(pairs, probs, strict=True):
             out[qi].append(Candidate(
@@ -444,12 +487,14 @@ class ConflictDetector:
             for (bi, _), members in by_passage.items():
                 probs = np.array([[c.info["support"], c.info["conflict"], c.info["unrelated"]] for c in members])
                 text = " ".join(chunks[qi][c.chunk] for c in members)
-                feats = passage_features(beliefs[qi][bi], probs, text)
-                score = self.passage_score(feats)
+                rows = [c.chunk for c in members]
+                feats = passage_features(beliefs[qi][bi], probs, text, None if sims is None else sims[qi][bi][rows])
+                score = self.passage_score(feats, statement=not beliefs[qi][bi].answer)
                 polarity = None
                 if (qi, bi) in opposite:
                     fp = np.array([flipped_probs[qi, bi, c.chunk] for c in members])
-                    opp = self.passage_score(passage_features(opposite[qi, bi], fp, text))
+                    opp = self.passage_score(passage_features(
+                        opposite[qi, bi], fp, text, None if sims is None else sims[qi]["opposite", bi][rows]))
                     polarity = {"opposite": opposite[qi, bi].text, "opposite_score": opp, "capped": score <= opp}
                     score = float(polarity_capped(score, opp))
                 for c in members:
@@ -471,6 +516,31 @@ class ConflictDetector:
                     c.flagged = True
                     flagged.append((qi, c))
         self._explain(beliefs, chunks, flagged)
+        return out
+
+    def _similarities(self, beliefs: list[list[Belief]], chunks: list[list[str]],
+                      opposite: dict[tuple[int, int], Belief]) -> list[dict[Any, np.ndarray]]:
+        """Per query, ``{belief index: (chunks, 2)}`` cosine similarities of each chunk to the
+        belief's question and to the belief (and ``{("opposite", belief index): ...}`` for the
+        opposite answers), from one embedder pass over the distinct texts of the batch."""
+        def question(b: Belief) -> str:
+            return b.topic if b.answer and b.topic else b.text
+
+        texts = list(dict.fromkeys(
+            [c for cs in chunks for c in cs]
+            + [t for bs in beliefs for b in bs for t in (question(b), b.text)]
+            + [o.text for o in opposite.values()]))
+        index = {t: i for i, t in enumerate(texts)}
+        emb = np.asarray(self.embedder.encode(texts), dtype=np.float64)
+        out: list[dict[Any, np.ndarray]] = []
+        for qi, (bs, cs) in enumerate(zip(beliefs, chunks, strict=True)):
+            ce = emb[[index[c] for c in cs]] if cs else np.zeros((0, emb.shape[1]))
+            sims: dict[Any, np.ndarray] = {}
+            for bi, b in enumerate(bs):
+                sims[bi] = ce @ emb[[index[question(b)], index[b.text]]].T
+                if (qi, bi) in opposite:
+                    sims["opposite", bi] = ce @ emb[[index[question(b)], index[opposite[qi, bi].text]]].T
+            out.append(sims)
         return out
 
     def _fuse_spans(self, beliefs: list[list[Belief]], chunks: list[list[str]], groups: list[list[Candidate]],
