@@ -307,8 +307,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict:
 
 def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, polarity_check: bool = True) -> dict:
     """Fit the passage head (:func:`fit_head` over the pooled dev items, each set weighted
-    equally; ``per_set`` maps a set to its :func:`features` and item kinds) and
-    choose the lowest threshold at which every set's dev false-flag rate on supporting passages,
+    equally; ``per_set`` maps a set to its :func:`features` and item kinds) and the statement
+    head (:func:`fit_statement_head`, its bias moved so that its own threshold falls on the
+    head's), and choose the lowest threshold at which every set's dev false-flag rate on supporting passages,
     and on off-topic ones, is at most ``target`` (passage scores after the detector's
     ``polarity_check`` when set); report dev AUC / recall / false flags per set for the head and for
     the highest sentence conflict probability alone."""

@@ -36,7 +36,7 @@ QUESTIONS = [
 # checks compare the retrieved context against these (no LLM involved). A value answer (the
 # second) is the form the claim judge reads best. A bare yes / no answer (the third) it reads
 # mostly by topic: the planted notes score almost as high against "... Yes", and the detector's
-# polarity check flags them by small margins (benchmarks/conflicts_polarity.py;
+# polarity check decides them by small margins (benchmarks/conflicts_polarity.py;
 # docs/faithfulrag.md, Known limits).
 TRUSTED_BELIEFS: dict[str, list[str]] = {
     QUESTIONS[1]: [f"{QUESTIONS[1]} all-MiniLM-L6-v2"],

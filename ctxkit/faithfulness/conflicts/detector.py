@@ -20,7 +20,8 @@ passage about the same subject for a relevant one, the embedder tells such a pas
 that answers the question). The head may weigh products of two features (``"a*b"``). A belief
 that is a plain statement (no answer) is scored by a second head without the similarity features
 (``statement_head``; the dev data holds question + answer beliefs only, and a statement is far
-closer to a sentence that contradicts it than any question is). The heads and the flagging threshold are fitted on the dev splits of the conflict benchmark
+closer to a sentence that contradicts it than any question is). The heads and the flagging
+threshold are fitted on the dev splits of the conflict benchmark
 (``benchmarks/conflicts.py --calibrate``) and stored in the judge's ``judge.json``; without a
 head the score is the highest conflict probability. A yes / no belief is also read with the
 opposite answer (``polarity_check``): the judge reads such beliefs mostly by topic, so a passage
@@ -72,10 +73,10 @@ weights 0 (the judge alone) / 0.5 / 1 / 2."""
 POLARITY_CAP = 0.5
 """The highest score a passage gets against a yes / no belief when it conflicts with the opposite
 answer at least as much (``polarity_check``): undecided, below the packaged judge's calibrated
-threshold (0.7039) and any threshold calibrated for it with the polarity check. The claim
+threshold (0.7783) and any threshold calibrated for it with the polarity check. The claim
 judge reads the topic of such a belief far better than its answer
 (``benchmarks/conflicts_polarity.py``); the small difference between the two readings is what
-separates (dev AUC 0.91 against 0.62 for the score alone)."""
+separates (dev AUC 0.94 against 0.80 for the score alone)."""
 
 
 
@@ -188,7 +189,8 @@ class ConflictDetector:
             mismatch (``None``: 0.5).
         head: With a judge, the passage head ``{"bias": b, "weights": {term: w}}``, a term being
             one of :data:`PASSAGE_FEATURES` or a product ``"a*b"`` of two (``None``: the judge's
-            calibrated head; ``{}``: the passage's highest sentence conflict probability).
+            calibrated heads, its ``statement_head`` for beliefs without an answer; ``{}``: the
+            passage's highest sentence conflict probability). A head given here scores every belief.
         span_rank_weight: With a judge, the weight of the span heuristics' ranking score added to
             the judge's conflict probability when ordering the sentences of a flagged passage (and
             in :meth:`rank`): which sentence a record names. ``0``: the judge's probability alone.
