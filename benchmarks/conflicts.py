@@ -305,6 +305,15 @@ def fit_head(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict:
     return {"bias": float(f"{bias:.6g}"), "weights": {t: float(f"{v:.6g}") for t, v in weights.items()}}
 
 
+def rates(s: np.ndarray, kind: np.ndarray, thr: float) -> dict:
+    """AUC (conflicting vs supporting) and, at ``thr``, recall and the false-flag rates on
+    supporting and off-topic items, of one set's passage scores ``s``."""
+    pos, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
+    return {"auc": round(auc(s[pos], s[sup]), 4), "recall": round(float((s[pos] >= thr).mean()), 4),
+            "false_flag_rate": round(float((s[sup] >= thr).mean()), 4),
+            "unrelated_flag_rate": round(float((s[unr] >= thr).mean()), 4) if unr.any() else None}
+
+
 def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, polarity_check: bool = True) -> dict:
     """Fit the passage head (:func:`fit_head` over the pooled dev items, each set weighted
     equally; ``per_set`` maps a set to its :func:`features` and item kinds) and the statement
@@ -337,12 +346,10 @@ def calibrate(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target: float, 
     statement["fitted_threshold"] = round(own, 4)
     report = {}
     for n, (f, kind) in per_set.items():
-        s, cmax = score(f), f[:, 0]
-        pos, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
-        report[n] = {"auc": round(auc(s[pos], s[sup]), 4), "recall": round(float((s[pos] >= thr).mean()), 4),
-                     "false_flag_rate": round(float((s[sup] >= thr).mean()), 4),
-                     "unrelated_flag_rate": round(float((s[unr] >= thr).mean()), 4) if unr.any() else None,
-                     "auc_conflict_max_only": round(auc(cmax[pos], cmax[sup]), 4), "items": len(kind)}
+        cmax = f[:, 0]
+        report[n] = {**rates(score(f), kind, thr),
+                     "auc_conflict_max_only": round(auc(cmax[kind == "conflict"], cmax[kind == "support"]), 4),
+                     "items": len(kind)}
     return {"threshold": round(thr, 4), "head": head, "statement_head": statement, "polarity_check": polarity_check,
             "target_false_flag_rate": target, "dev": report}
 
@@ -377,12 +384,8 @@ def leave_one_set_out(per_set: dict[str, tuple[np.ndarray, np.ndarray]], target:
     out = {}
     for held, (f, kind) in per_set.items():
         cal = calibrate({n: v for n, v in per_set.items() if n != held}, target, polarity_check)
-        s = head_scores(cal["head"], f, polarity_check)
-        pos, sup, unr = kind == "conflict", kind == "support", kind == "unrelated"
-        out[held] = {"threshold": cal["threshold"], "auc": round(auc(s[pos], s[sup]), 4),
-                     "recall": round(float((s[pos] >= cal["threshold"]).mean()), 4),
-                     "false_flag_rate": round(float((s[sup] >= cal["threshold"]).mean()), 4),
-                     "unrelated_flag_rate": round(float((s[unr] >= cal["threshold"]).mean()), 4) if unr.any() else None}
+        out[held] = {"threshold": cal["threshold"],
+                     **rates(head_scores(cal["head"], f, polarity_check), kind, cal["threshold"])}
     return out
 
 
